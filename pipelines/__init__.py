@@ -1,0 +1,1 @@
+"""The DAG: recipes, the stage graph and fingerprints, runners and the CLI."""

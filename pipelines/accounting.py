@@ -1,0 +1,68 @@
+"""Counting a finished stage from its files, and checking that no row vanished.
+
+Counts come from what was written, never from what a stage says it did: a stage cannot lose rows
+without the manifest showing it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stages.io import connect, parquet_rows, sql_list
+
+
+class AccountingError(RuntimeError):
+    """A stage lost or invented rows: a bug in that stage, so the run stops before committing it."""
+
+
+def count(input_table: str, output_table: str, input_files: list[str], output_files: list[str],
+          rejected_files: list[str], consumed: int | None) -> dict[str, Any]:
+    rows_in = consumed if consumed is not None else parquet_rows(input_files)
+    counts: dict[str, Any] = {
+        "rows_in": rows_in,
+        "rows_out": parquet_rows(output_files),
+        "rows_rejected": parquet_rows(rejected_files),
+        "rejected_by_reason": _by_reason(rejected_files),
+    }
+    if input_table != output_table and input_table != "source":
+        counts.update(_parents(input_files, output_files, rejected_files))
+    return counts
+
+
+def check(stage: str, input_table: str, output_table: str, counts: dict[str, Any]) -> None:
+    if "parents_in" in counts:
+        a, b, c = counts["parents_in"], counts["parents_with_output"], counts["parents_rejected"]
+        if a != b + c:
+            raise AccountingError(
+                f"stage '{stage}' ({input_table} -> {output_table}): {a} problems in, {b} with output, "
+                f"{c} rejected; {a - b - c} vanished without a reason")
+        return
+    a, b, c = counts["rows_in"], counts["rows_out"], counts["rows_rejected"]
+    if a != b + c:
+        raise AccountingError(f"stage '{stage}': {a} rows in, {b} out, {c} rejected; "
+                              f"{a - b - c} rows vanished (or appeared) without a reason")
+
+
+def _by_reason(files: list[str]) -> dict[str, int]:
+    if not files:
+        return {}
+    rows = connect(files).execute(
+        f"SELECT reason, count(*) FROM read_parquet({sql_list(files)}) GROUP BY reason ORDER BY reason"
+    ).fetchall()
+    return {reason: n for reason, n in rows}
+
+
+def _parents(input_files: list[str], output_files: list[str], rejected_files: list[str]) -> dict[str, int]:
+    """Fan-out and aggregating stages are counted per problem: each problem has output or a reason."""
+    con = connect(input_files + output_files + rejected_files)
+
+    def ids(files: list[str]) -> str:
+        return f"(SELECT DISTINCT problem_id FROM read_parquet({sql_list(files)}))" if files else \
+            "(SELECT NULL::VARCHAR AS problem_id WHERE false)"
+
+    parents_in, with_output, rejected = con.execute(f"""
+        SELECT (SELECT count(*) FROM {ids(input_files)}),
+               (SELECT count(*) FROM {ids(output_files)}),
+               (SELECT count(*) FROM {ids(rejected_files)} r
+                WHERE r.problem_id IS NOT NULL AND r.problem_id NOT IN {ids(output_files)})""").fetchall()[0]
+    return {"parents_in": parents_in, "parents_with_output": with_output, "parents_rejected": rejected}

@@ -1,0 +1,123 @@
+"""The ``tracefoundry`` command: run a recipe, list stage types, inspect a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from importlib.resources import files
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.recipe import RecipeError, load_recipe
+
+console = Console(stderr=True)
+
+EPILOG = """examples:
+  tracefoundry run laptop --run-dir runs/laptop --sample 50
+  tracefoundry run my_recipe.yaml --run-dir s3://bucket/runs/r1 --force emit
+  tracefoundry inspect runs/laptop
+  tracefoundry stages
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except (RecipeError, KeyError, ValueError, OSError, ImportError, RuntimeError) as e:
+        if args.debug:
+            traceback.print_exc()
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+        if getattr(e, "stage", None):
+            console.print(f"Earlier stages are kept; re-run the same command to resume at '{e.stage}'"
+                          " (add --debug for the traceback).", highlight=False)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tracefoundry",
+        description="Synthesise and curate reasoning-trace datasets from a recipe of stages.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a recipe into a run directory (resumes; skips up-to-date stages)",
+                       description="Run a recipe. Stages whose fingerprint matches their manifest are "
+                       "skipped; a changed stage re-runs with everything after it; an interrupted run "
+                       "resumes at the stage it was in.")
+    p.add_argument("recipe", help="a recipe YAML file, or the name of a shipped recipe (e.g. 'laptop')")
+    p.add_argument("--run-dir", required=True, help="where outputs go: a local path or an fsspec URL")
+    p.add_argument("--sample", type=int, metavar="N", help="take N rows from each source (seeded): a dry run")
+    p.add_argument("--from", dest="from_stage", metavar="STAGE",
+                   help="re-run STAGE and everything after it; earlier stages must be complete")
+    p.add_argument("--until", metavar="STAGE", help="stop after STAGE (runs only what STAGE needs)")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE",
+                   help="re-run STAGE and what follows even if up to date (repeatable)")
+    p.add_argument("--workers", type=int, help="processes for record-parallel stages (default: recipe's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("stages", help="list the stage types a recipe can use")
+    p.set_defaults(handler=cmd_stages)
+
+    p = sub.add_parser("inspect", help="summarise a run directory: stages, rejections and sample rows")
+    p.add_argument("run_dir", help="a run directory (local path or fsspec URL)")
+    p.add_argument("--samples", type=int, default=2, metavar="N", help="rows to show per emitted config")
+    p.set_defaults(handler=cmd_inspect)
+    return parser
+
+
+def resolve_recipe_path(name: str) -> str:
+    """A path, or the name of a recipe shipped in pipelines/recipes/."""
+    if Path(name).exists() or name.endswith((".yaml", ".yml")):
+        return name
+    shipped = files("pipelines.recipes") / f"{name}.yaml"
+    if shipped.is_file():
+        return str(shipped)
+    known = sorted(p.name.removesuffix(".yaml") for p in files("pipelines.recipes").iterdir()
+                   if p.name.endswith(".yaml"))
+    raise FileNotFoundError(f"no recipe file '{name}' and no shipped recipe of that name; shipped: {known}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.report import print_summary
+    from pipelines.runner import Options, run
+
+    recipe = load_recipe(resolve_recipe_path(args.recipe))
+    options = Options(sample=args.sample, from_stage=args.from_stage, until=args.until,
+                      force=set(args.force), workers=args.workers,
+                      progress=not args.no_progress and sys.stderr.isatty())
+    reports = run(recipe, args.run_dir, options)
+    print_summary(reports, Console())
+    return 0
+
+
+def cmd_stages(args: argparse.Namespace) -> int:
+    from stages.registry import all_stages
+
+    table = Table("stage", "reads", "writes", "kind", "what it does", box=None)
+    for s in all_stages():
+        reads = ", ".join(([s.input_table] if s.input_table else ["sources"]) + list(s.needs))
+        table.add_row(s.name, reads, s.output_table, s.kind, s.summary)
+    Console().print(table)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from pipelines.report import inspect_run
+
+    inspect_run(args.run_dir, args.samples, Console())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Shipped recipes (the laptop dry run is the default)."""

@@ -1,0 +1,64 @@
+"""What a run did, for people: the closing summary table and ``tracefoundry inspect``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.store import RunDir
+from stages.io import connect, sql_list
+
+
+def summary_table(rows: list[tuple[str, str, str, dict[str, Any] | None]]) -> Table:
+    table = Table("stage", "uses", "status", "in", "out", "rejected", "by reason", "seconds",
+                  title="tracefoundry run summary")
+    for stage, uses, status, m in rows:
+        if m is None:
+            table.add_row(stage, uses, status, "", "", "", "", "")
+            continue
+        reasons = ", ".join(f"{k}: {v}" for k, v in m["rejected_by_reason"].items())
+        rows_in = str(m["rows_in"]) + (f" ({m['parents_in']} problems)" if "parents_in" in m else "")
+        table.add_row(stage, uses, status, rows_in, str(m["rows_out"]), str(m["rows_rejected"]), reasons,
+                      f"{m['seconds']:.1f}")
+    return table
+
+
+def print_summary(reports: list, console: Console) -> None:
+    console.print(summary_table([(r.stage, r.uses, r.status, r.manifest) for r in reports]))
+
+
+def inspect_run(run_dir: str, samples: int, console: Console) -> None:
+    store = RunDir(run_dir)
+    manifests = store.manifests()
+    if not manifests:
+        raise FileNotFoundError(f"{run_dir}: no finished stage here (no */_manifest.json)")
+    order = sorted(manifests.values(), key=lambda m: m.get("started_at", ""))
+    console.print(summary_table([(m["stage"], m["uses"], "done", m) for m in order]))
+    rejected = store.files("*", "rejected/part-*.parquet")
+    if rejected:
+        con = connect(rejected)
+        table = Table("stage", "reason", "rows", "example", title="rejected rows")
+        for stage, reason, n, detail in con.execute(
+            f"SELECT stage, reason, count(*), any_value(detail) FROM read_parquet({sql_list(rejected)}) "
+            "GROUP BY stage, reason ORDER BY stage, reason"
+        ).fetchall():
+            table.add_row(stage, reason, str(n), (detail or "")[:100])
+        console.print(table)
+    for m in order:
+        if m["uses"] != "emit":
+            continue
+        for config in ("sft", "rl"):
+            shards = store.files(m["stage"], f"data/{config}/*.parquet")
+            if not shards:
+                continue
+            con = connect(shards)
+            counts = con.execute(
+                f"SELECT filename, count(*) FROM read_parquet({sql_list(shards)}, filename=true) "
+                "GROUP BY filename ORDER BY filename").fetchall()
+            console.print(f"[bold]{m['stage']}/data/{config}[/]: " +
+                          ", ".join(f"{f.rsplit('/', 1)[-1]} ({n} rows)" for f, n in counts))
+            for row in con.execute(f"SELECT * EXCLUDE (provenance) FROM read_parquet({sql_list(shards)}) "
+                                   f"LIMIT {int(samples)}").fetchall():
+                console.print(row, highlight=False)

@@ -1,0 +1,157 @@
+"""Arrow schemas of every table a run writes.
+
+One place defines the columns so that stages, the runner, emit and the card agree. Later stages
+add columns to ``problems`` and ``traces``; they are declared here too, as optional columns, so a
+reader always knows the type of a column it meets. Bump ``SCHEMA_VERSION`` when a column changes
+meaning or type: it is stored in every Parquet file's schema metadata and in every fingerprint.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+SOURCE = pa.struct(
+    [
+        ("dataset", pa.string()),  # Hub id, file path, or "synthetic"
+        ("config", pa.string()),
+        ("split", pa.string()),
+        ("revision", pa.string()),
+        ("row", pa.int64()),  # row index in that source (line number - 1 for JSONL)
+    ]
+)
+
+TEACHER = pa.struct(
+    [
+        ("backend", pa.string()),  # vllm | openai | llamacpp | reference | ingest
+        ("model", pa.string()),
+        ("revision", pa.string()),  # model revision or file hash
+        ("sampling_params", pa.string()),  # canonical JSON
+        ("seed", pa.int64()),
+        ("prompt_template_hash", pa.string()),
+    ]
+)
+
+REWRITE = pa.struct(
+    [
+        ("model", pa.string()),
+        ("template", pa.string()),
+        ("difficulty", pa.string()),
+        ("budget", pa.int64()),
+    ]
+)
+
+CHECK = pa.struct([("name", pa.string()), ("version", pa.string()), ("verdict", pa.string())])
+
+PIPELINE = pa.struct(
+    [
+        ("recipe", pa.string()),
+        ("config_fingerprint", pa.string()),
+        ("code_version", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)
+
+PROVENANCE = pa.struct(
+    [
+        ("source", SOURCE),
+        ("teacher", TEACHER),
+        ("rewrite", REWRITE),
+        ("checkers", pa.list_(CHECK)),
+        ("pipeline", PIPELINE),
+    ]
+)
+
+PROBLEMS = pa.schema(
+    [
+        ("problem_id", pa.string()),
+        ("question", pa.string()),
+        ("answer", pa.string()),  # reference answer; null when the source has none
+        ("answer_type", pa.string()),  # math | choice | numeric | exact | code | text
+        ("choices", pa.list_(pa.string())),
+        ("tests", pa.string()),  # code tests as JSON
+        ("solution", pa.string()),  # reference worked solution, when the source has one
+        ("domain", pa.string()),
+        ("level", pa.string()),  # the source's own difficulty label, if any
+        ("source", SOURCE),
+        ("metadata", pa.string()),  # unmapped source columns, canonical JSON
+    ]
+)
+
+TRACES = pa.schema(
+    [
+        ("trace_id", pa.string()),
+        ("problem_id", pa.string()),
+        ("parent_trace_id", pa.string()),
+        ("variant", pa.string()),  # original | concise | reference
+        ("sample_index", pa.int64()),
+        ("teacher", TEACHER),
+        ("completion", pa.string()),  # the raw text as the teacher returned it
+        ("reasoning", pa.string()),
+        ("answer", pa.string()),  # the final-answer text shown after the reasoning
+        ("final_answer", pa.string()),  # the extracted answer a checker compares
+        ("finish_reason", pa.string()),
+        ("reasoning_tokens", pa.int64()),
+        ("answer_tokens", pa.int64()),
+        ("rewrite", REWRITE),
+        ("checkers", pa.list_(CHECK)),
+    ]
+)
+
+REJECTED = pa.schema(
+    [
+        ("stage", pa.string()),  # the instance name in the recipe
+        ("stage_type", pa.string()),
+        ("table", pa.string()),  # which table the row belonged to: source | problems | traces
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("problem_id", pa.string()),
+        ("trace_id", pa.string()),
+        ("related_id", pa.string()),  # e.g. the row a duplicate duplicates
+        ("source", SOURCE),
+        ("row", pa.string()),  # the dropped row as JSON, so nothing is lost
+    ]
+)
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+
+SFT = pa.schema(
+    [
+        ("messages", pa.list_(MESSAGE)),
+        ("problem_id", pa.string()),
+        ("trace_id", pa.string()),
+        ("variant", pa.string()),
+        ("reasoning_tokens", pa.int64()),
+        ("answer_tokens", pa.int64()),
+        ("provenance", PROVENANCE),
+    ]
+)
+
+RL = pa.schema(
+    [
+        ("data_source", pa.string()),
+        ("prompt", pa.list_(MESSAGE)),
+        ("ability", pa.string()),
+        ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
+        (
+            "extra_info",
+            pa.struct([("split", pa.string()), ("index", pa.int64()), ("problem_id", pa.string())]),
+        ),
+        ("problem_id", pa.string()),
+        ("answer_type", pa.string()),
+        ("ground_truth", pa.string()),
+        ("provenance", PROVENANCE),
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {"problems": PROBLEMS, "traces": TRACES, "rejected": REJECTED}
+
+
+def with_version(schema: pa.Schema) -> pa.Schema:
+    """Stamp the schema version into Parquet metadata so readers can refuse what they don't know."""
+    return schema.with_metadata({b"tracefoundry.schema_version": SCHEMA_VERSION.encode()})
+
+
+def empty(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()

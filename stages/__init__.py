@@ -1,0 +1,1 @@
+"""One module per stage; ``stages.registry`` lists them; ``stages.contract`` is how they run."""

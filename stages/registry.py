@@ -1,0 +1,44 @@
+"""Every stage type by name: what it reads, what it writes, how it runs. Read it like a table."""
+
+from __future__ import annotations
+
+from stages import emit, ingest, reference
+from stages.contract import StageType
+
+_STAGES: dict[str, StageType] = {}
+
+
+def register(stage: StageType) -> StageType:
+    """Add a stage type (plugins and tests add their own); a name is taken once."""
+    if stage.name in _STAGES:
+        raise ValueError(f"stage type '{stage.name}' is already registered")
+    _STAGES[stage.name] = stage
+    return stage
+
+
+def get(name: str) -> StageType:
+    try:
+        return _STAGES[name]
+    except KeyError:
+        raise KeyError(f"unknown stage type '{name}'; known: {', '.join(sorted(_STAGES))}") from None
+
+
+def all_stages() -> list[StageType]:
+    return list(_STAGES.values())
+
+
+register(StageType(
+    name="ingest", kind="global", input_table=None, output_table="problems",
+    config=ingest.IngestConfig, fn=ingest.ingest,
+    summary="read problems from the Hub, local files or the built-in generator; reject bad rows",
+))
+register(StageType(
+    name="reference_traces", kind="batch", input_table="problems", output_table="traces",
+    config=reference.ReferenceConfig, fn=reference.reference_traces,
+    summary="turn each problem's reference solution into a trace (no teacher needed)",
+))
+register(StageType(
+    name="emit", kind="global", input_table="traces", output_table="traces", needs=("problems",),
+    output_glob="data/sft/*.parquet", config=emit.EmitConfig, fn=emit.emit,
+    summary="write Hub-ready SFT and RL shards with a problem-level train/test split",
+))
