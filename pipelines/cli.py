@@ -10,6 +10,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipelines.recipe import RecipeError, load_recipe
@@ -35,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         if getattr(e, "stage", None):
             console.print(f"Earlier stages are kept; re-run the same command to resume at '{e.stage}'"
-                          " (add --debug for the traceback).", highlight=False)
+                          " (add --debug for the traceback).", highlight=False, soft_wrap=True)
         return 1
 
 
@@ -89,7 +90,7 @@ def resolve_recipe_path(name: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.report import print_summary
+    from pipelines.report import print_summary, stdout_console
     from pipelines.runner import Options, run
 
     recipe = load_recipe(resolve_recipe_path(args.recipe))
@@ -97,25 +98,26 @@ def cmd_run(args: argparse.Namespace) -> int:
                       force=set(args.force), workers=args.workers,
                       progress=not args.no_progress and sys.stderr.isatty())
     reports = run(recipe, args.run_dir, options)
-    print_summary(reports, Console())
+    print_summary(reports, stdout_console())
     return 0
 
 
 def cmd_stages(args: argparse.Namespace) -> int:
+    from pipelines.report import stdout_console
     from stages.registry import all_stages
 
     table = Table("stage", "reads", "writes", "kind", "what it does", box=None)
     for s in all_stages():
         reads = ", ".join(([s.input_table] if s.input_table else ["sources"]) + list(s.needs))
         table.add_row(s.name, reads, s.output_table, s.kind, s.summary)
-    Console().print(table)
+    stdout_console().print(table)
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from pipelines.report import inspect_run
+    from pipelines.report import inspect_run, stdout_console
 
-    inspect_run(args.run_dir, args.samples, Console())
+    inspect_run(args.run_dir, args.samples, stdout_console())
     return 0
 
 

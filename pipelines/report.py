@@ -11,6 +11,12 @@ from pipelines.store import RunDir
 from stages.io import connect, sql_list
 
 
+def stdout_console() -> Console:
+    """Wide enough for the tables when output goes to a file or a pipe (rich assumes 80 columns)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
 def summary_table(rows: list[tuple[str, str, str, dict[str, Any] | None]]) -> Table:
     table = Table("stage", "uses", "status", "in", "out", "rejected", "by reason", "seconds",
                   title="tracefoundry run summary")

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import fsspec
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from fsspec.utils import infer_compression
 
 Format = Literal["jsonl", "parquet", "csv"]
 _SUFFIXES: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
@@ -80,18 +81,31 @@ def read_rows(path: str, fmt: Format, required_columns: tuple[str, ...] = ()) ->
                 index += 1
 
 
+def _open_binary(path: str) -> IO[bytes]:
+    """Plain local files open without fsspec, which seeks and so cannot read pipes or /dev/stdin."""
+    if "://" not in path and infer_compression(path) is None:
+        return open(path, "rb")
+    return fsspec.open(path, "rb", compression="infer").open()
+
+
 def _jsonl(path: str) -> Iterator[Row]:
-    with fsspec.open(path, "rt", encoding="utf-8", compression="infer") as f:
-        for index, line in enumerate(f):
+    with _open_binary(path) as f:
+        for index, data in enumerate(f):
+            try:  # decode line by line: one bad byte rejects its line, not the whole file
+                line = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raw = data.decode("utf-8", errors="backslashreplace").rstrip("\r\n")
+                yield Row(path, index, None, raw=raw, error=f"invalid UTF-8 at byte {e.start}: {e.reason}")
+                continue
             if not line.strip():  # blank lines hold no row
                 continue
             try:
                 fields = json.loads(line)
             except json.JSONDecodeError as e:
-                yield Row(path, index, None, raw=line.rstrip("\n"), error=f"invalid JSON: {e.msg}")
+                yield Row(path, index, None, raw=line.rstrip("\r\n"), error=f"invalid JSON: {e.msg}")
                 continue
             if not isinstance(fields, dict):
-                yield Row(path, index, None, raw=line.rstrip("\n"), error="a line must be a JSON object")
+                yield Row(path, index, None, raw=line.rstrip("\r\n"), error="a line must be a JSON object")
                 continue
             yield Row(path, index, fields)
 

@@ -110,8 +110,10 @@ def _files(src: FilesSource, name: str, sample: int | None, seed: int,
             keep[p] = {i - offset for i in picked if offset <= i < offset + c}
             offset += c
     for p in paths:
-        for row in files.read_rows(p, formats[p], required):
-            if keep is not None and row.index not in keep[p]:
+        # sample by position among the rows count_rows counted: a JSONL row's index is its line
+        # number - 1, which runs ahead of its position once the file has blank lines
+        for position, row in enumerate(files.read_rows(p, formats[p], required)):
+            if keep is not None and position not in keep[p]:
                 continue
             unit = "line" if formats[p] == "jsonl" else "row"
             number = row.index + 1 if unit == "line" else row.index

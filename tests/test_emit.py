@@ -1,0 +1,84 @@
+"""Emitted shards load with `datasets`, keep the SFT and RL layouts, and never split a problem."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import datasets
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.store import RunDir
+from stages.emit import assistant_turn
+
+SHARD = re.compile(r"^(train|test)-(\d{5})-of-(\d{5})\.parquet$")
+
+
+def load(run_dir: Path, config: str) -> datasets.DatasetDict:
+    folder = run_dir / "emit" / "data" / config
+    files = {split: sorted(str(p) for p in folder.glob(f"{split}-*.parquet")) for split in ("train", "test")}
+    return datasets.load_dataset("parquet", data_files={k: v for k, v in files.items() if v})
+
+
+@pytest.fixture(scope="module")
+def shards(laptop_run):
+    return load(laptop_run.run_dir, "sft"), load(laptop_run.run_dir, "rl")
+
+
+def test_shards_are_named_and_numbered_like_the_hub_expects(laptop_run):
+    folder = laptop_run.run_dir / "emit" / "data"
+    for config in ("sft", "rl"):
+        names = sorted(p.name for p in (folder / config).iterdir())
+        assert names, config
+        for name in names:
+            split, index, total = SHARD.match(name).groups()
+            siblings = [n for n in names if n.startswith(split + "-")]
+            assert int(total) == len(siblings) and int(index) < int(total)
+
+
+def test_sft_rows_are_trl_conversations_with_think_blocks(laptop_run, shards):
+    sft, _ = shards
+    manifest = RunDir(str(laptop_run.run_dir)).manifest("emit")
+    assert sum(len(s) for s in sft.values()) == manifest["rows_out"] == laptop_run.sample
+    row = sft["train"][0]
+    roles = [m["role"] for m in row["messages"]]
+    assert roles == ["user", "assistant"]
+    assistant = row["messages"][-1]["content"]
+    assert re.match(r"^<think>\n.+\n</think>\n\nThe final answer is \$\\boxed\{.+\}\$\.$", assistant, re.S)
+    assert row["reasoning_tokens"] > 0 and row["answer_tokens"] > 0
+
+
+def test_rl_rows_follow_verls_layout_with_ground_truth(laptop_run, shards):
+    _, rl = shards
+    problems = pq.read_table(laptop_run.run_dir / "ingest").to_pylist()
+    answers = {p["problem_id"]: p["answer"] for p in problems}
+    for split, ds in rl.items():
+        for i, row in enumerate(ds):
+            assert row["reward_model"] == {"style": "rule", "ground_truth": answers[row["problem_id"]]}
+            assert row["prompt"][0]["role"] == "user" and "\\boxed{}" in row["prompt"][0]["content"]
+            assert row["extra_info"] == {"split": split, "index": i, "problem_id": row["problem_id"]}
+            assert row["data_source"] == "tracefoundry/synthetic" and row["ability"] == "math"
+
+
+def test_no_problem_is_in_both_splits(shards):
+    for ds in shards:
+        train, test = set(ds["train"]["problem_id"]), set(ds["test"]["problem_id"])
+        assert train and test and not train & test
+
+
+def test_every_row_carries_provenance_without_wall_clock_time(laptop_run, shards):
+    sft, rl = shards
+    run_id = RunDir(str(laptop_run.run_dir)).manifest("emit")["run_id"]
+    for ds in (*sft.values(), *rl.values()):
+        for prov in ds["provenance"]:
+            assert prov["pipeline"]["run_id"] == run_id and prov["pipeline"]["recipe"] == "laptop"
+            assert prov["source"]["dataset"] == "tracefoundry/synthetic"
+            assert isinstance(prov["source"]["row"], int)
+    teacher = sft["train"][0]["provenance"]["teacher"]
+    assert teacher["backend"] == "reference" and teacher["prompt_template_hash"]
+
+
+def test_assistant_turn_falls_back_to_the_raw_completion():
+    assert assistant_turn(None, None, "raw text") == "raw text"
+    assert assistant_turn(" think ", "42", "ignored") == "<think>\nthink\n</think>\n\n42"
