@@ -40,7 +40,9 @@ def inspect_run(run_dir: str, samples: int, console: Console) -> None:
     manifests = store.manifests()
     if not manifests:
         raise FileNotFoundError(f"{run_dir}: no finished stage here (no */_manifest.json)")
-    order = sorted(manifests.values(), key=lambda m: m.get("started_at", ""))
+    planned = [s["name"] for s in (store.read_json("_run.json") or {}).get("stages", [])]
+    rank = {name: i for i, name in enumerate(planned)}
+    order = sorted(manifests.values(), key=lambda m: (rank.get(m["stage"], len(rank)), m["started_at"]))
     console.print(summary_table([(m["stage"], m["uses"], "done", m) for m in order]))
     rejected = store.files("*", "rejected/part-*.parquet")
     if rejected:

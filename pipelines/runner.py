@@ -140,6 +140,9 @@ def run_stage(recipe: Recipe, inst: Instance, the_plan: Plan, store: RunDir, opt
         store.files(inst.name, "rejected/part-*.parquet"), writer.consumed_rows if stype.input_table is None
         else None)
     accounting.check(inst.name, stype.input_table or "source", stype.output_table, counts)
+    if not writes_parts:  # a stage with its own layout (emit): list every file it wrote with its rows
+        counts["files"] = {path.removeprefix(ctx.stage_dir + "/"): parquet_rows([path])
+                           for path in store.files(inst.name, "**/*.parquet") if "/rejected/" not in path}
     manifest = {
         "stage": inst.name, "uses": stype.name, "stage_version": stype.version,
         "input_table": stype.input_table or "source", "output_table": stype.output_table,

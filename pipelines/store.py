@@ -42,7 +42,10 @@ class RunDir:
         return [p if self.local else self.fs.unstrip_protocol(p) for p in found]
 
     def manifest(self, stage: str) -> dict[str, Any] | None:
-        path = self.path(stage, MANIFEST)
+        return self.read_json(stage, MANIFEST)
+
+    def read_json(self, *parts: str) -> dict[str, Any] | None:
+        path = self.path(*parts)
         if not self.fs.exists(path):
             return None
         with self.fs.open(path, "r") as f:

@@ -59,6 +59,10 @@ def test_rl_rows_follow_verls_layout_with_ground_truth(laptop_run, shards):
             assert row["prompt"][0]["role"] == "user" and "\\boxed{}" in row["prompt"][0]["content"]
             assert row["extra_info"] == {"split": split, "index": i, "problem_id": row["problem_id"]}
             assert row["data_source"] == "tracefoundry/synthetic" and row["ability"] == "math"
+    listed = RunDir(str(laptop_run.run_dir)).manifest("emit")["files"]
+    assert sum(n for path, n in listed.items() if path.startswith("data/rl/")) == sum(map(len, rl.values()))
+    assert {p for p in listed if p.startswith("data/sft/")} == \
+        {str(p.relative_to(laptop_run.run_dir / "emit")) for p in laptop_run.run_dir.glob("emit/data/sft/*")}
 
 
 def test_no_problem_is_in_both_splits(shards):
