@@ -74,9 +74,12 @@ def to_problem(item: SourceRow, columns: dict[str, str], answer_type: str, domai
     dom = text_field(view, "domain", required=False, max_chars=64)
     level = text_field(view, "level", required=False, max_chars=64, allow_numbers=True)
     choices = string_list(view, "choices", max_chars=config.max_answer_chars * 26)
-    for value in (question, answer, solution, kind, dom, level, choices):
-        if isinstance(value, Invalid):
-            return value
+    checked = {"question": question, "answer": answer, "solution": solution, "answer_type": kind,
+               "domain": dom, "level": level, "choices": choices}
+    for field, value in checked.items():
+        if isinstance(value, Invalid):  # name the source column too, when the recipe maps it
+            mapped_from = f" (source column '{columns[field]}')" if field in columns else ""
+            return Invalid(value.reason, value.detail + mapped_from)
     tests = mapped(row, columns, "tests")
     used = {columns.get(f, f) for f in FIELDS}
     extra = {k: v for k, v in row.items() if k not in used}
