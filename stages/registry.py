@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stages import emit, ingest, reference
+from stages import emit, ingest, ingest_traces, reference
 from stages.contract import StageType
 
 _STAGES: dict[str, StageType] = {}
@@ -31,6 +31,11 @@ register(StageType(
     name="ingest", kind="global", input_table=None, output_table="problems",
     config=ingest.IngestConfig, fn=ingest.ingest,
     summary="read problems from the Hub, local files or the built-in generator; reject bad rows",
+))
+register(StageType(
+    name="ingest_traces", kind="global", input_table=None, output_table="traces",
+    config=ingest_traces.IngestTracesConfig, fn=ingest_traces.ingest_traces,
+    summary="read existing traces (question + completion/reasoning/answer) to curate them",
 ))
 register(StageType(
     name="reference_traces", kind="batch", input_table="problems", output_table="traces",

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import datasets
-import pyarrow.parquet as pq
+import polars as pl
 import pytest
 
 from pipelines.store import RunDir
@@ -51,7 +51,7 @@ def test_sft_rows_are_trl_conversations_with_think_blocks(laptop_run, shards):
 
 def test_rl_rows_follow_verls_layout_with_ground_truth(laptop_run, shards):
     _, rl = shards
-    problems = pq.read_table(laptop_run.run_dir / "ingest").to_pylist()
+    problems = pl.read_parquet(laptop_run.run_dir / "ingest" / "part-*.parquet").to_dicts()
     answers = {p["problem_id"]: p["answer"] for p in problems}
     for split, ds in rl.items():
         for i, row in enumerate(ds):
