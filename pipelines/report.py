@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -18,16 +19,19 @@ def stdout_console() -> Console:
 
 
 def summary_table(rows: list[tuple[str, str, str, dict[str, Any] | None]]) -> Table:
-    table = Table("stage", "uses", "status", "in", "out", "rejected", "by reason", "seconds",
-                  title="tracefoundry run summary")
+    """One line per stage; fits 80 columns (parents per problem are in the manifests)."""
+    table = Table(title="tracefoundry run summary", box=box.SIMPLE_HEAD)
+    for name in ("stage", "status", "in", "out", "rejected", "seconds"):
+        table.add_column(name, no_wrap=True, justify="right" if name not in {"stage", "status"} else "left")
+    table.add_column("rejected by reason")
     for stage, uses, status, m in rows:
+        label = stage if stage == uses else f"{stage} ({uses})"
         if m is None:
-            table.add_row(stage, uses, status, "", "", "", "", "")
+            table.add_row(label, status, "", "", "", "", "")
             continue
         reasons = ", ".join(f"{k}: {v}" for k, v in m["rejected_by_reason"].items())
-        rows_in = str(m["rows_in"]) + (f" ({m['parents_in']} problems)" if "parents_in" in m else "")
-        table.add_row(stage, uses, status, rows_in, str(m["rows_out"]), str(m["rows_rejected"]), reasons,
-                      f"{m['seconds']:.1f}")
+        table.add_row(label, status, str(m["rows_in"]), str(m["rows_out"]), str(m["rows_rejected"]),
+                      f"{m['seconds']:.1f}", reasons)
     return table
 
 
