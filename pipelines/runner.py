@@ -67,6 +67,9 @@ def run(recipe: Recipe, run_dir: str, options: Options | None = None) -> list[Re
     the_plan = plan(recipe, options.sample)
     store = RunDir(run_dir)
     selected, forced = _select(recipe, the_plan, options, store)
+    for name in selected:  # a missing extra fails now, not after hours of earlier stages
+        for module, extra in recipe.instances[name].type.requires:
+            require(module, extra)
     reports = []
     with store.lock():
         store.write_json(_run_info(recipe, the_plan, options), "_run.json")
@@ -108,8 +111,7 @@ def _select(recipe: Recipe, the_plan: Plan, options: Options, store: RunDir) -> 
 
 def run_stage(recipe: Recipe, inst: Instance, the_plan: Plan, store: RunDir, options: Options) -> dict:
     stype = inst.type
-    for module, extra in stype.requires:
-        require(module, extra)
+    input_table = stype.input_table or "source"
     store.reset(inst.name)
     ctx = Context(
         recipe=recipe.name, run_id=the_plan.run_id, recipe_fingerprint=the_plan.recipe_fingerprint,
@@ -136,16 +138,16 @@ def run_stage(recipe: Recipe, inst: Instance, the_plan: Plan, store: RunDir, opt
     finally:
         bar.close()
     counts = accounting.count(
-        stype.input_table or "source", stype.output_table, primary, store.files(inst.name, stype.output_glob),
-        store.files(inst.name, "rejected/part-*.parquet"), writer.consumed_rows if stype.input_table is None
-        else None)
-    accounting.check(inst.name, stype.input_table or "source", stype.output_table, counts)
+        input_table, stype.output_table, primary, store.files(inst.name, stype.output_glob),
+        store.files(inst.name, "rejected/part-*.parquet"),
+        writer.consumed_rows if input_table == "source" else None)
+    accounting.check(inst.name, input_table, stype.output_table, counts)
     if not writes_parts:  # a stage with its own layout (emit): list every file it wrote with its rows
         counts["files"] = {path.removeprefix(ctx.stage_dir + "/"): parquet_rows([path])
                            for path in store.files(inst.name, "**/*.parquet") if "/rejected/" not in path}
     manifest = {
         "stage": inst.name, "uses": stype.name, "stage_version": stype.version,
-        "input_table": stype.input_table or "source", "output_table": stype.output_table,
+        "input_table": input_table, "output_table": stype.output_table,
         "inputs": inst.inputs, **counts,
         "fingerprint": ctx.fingerprint, "code_version": ctx.code_version, "schema_version": SCHEMA_VERSION,
         "run_id": ctx.run_id, "tokenizer": _tokenizer_info(recipe, stype.output_table),

@@ -151,7 +151,3 @@ TABLES: dict[str, pa.Schema] = {"problems": PROBLEMS, "traces": TRACES, "rejecte
 def with_version(schema: pa.Schema) -> pa.Schema:
     """Stamp the schema version into Parquet metadata so readers can refuse what they don't know."""
     return schema.with_metadata({b"tracefoundry.schema_version": SCHEMA_VERSION.encode()})
-
-
-def empty(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()

@@ -14,13 +14,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field
 
-from schemas.tables import RL, SFT, with_version
+from schemas.tables import RL, SFT
 from schemas.validate import rejected_table
 from stages.contract import Context, Inputs, Output, StageConfig
-from stages.io import PARQUET_OPTIONS, connect, sql_list
+from stages.io import connect, sql_list, write_parquet
 
 SPLITS = ("train", "test")
 
@@ -90,19 +89,12 @@ def _write_config(con: Any, stage_dir: str, name: str, query: str, order: str, s
             take = min(rows_per_shard, n - shard * rows_per_shard)
             built = [build(next(rows), shard * rows_per_shard + i) for i in range(take)]
             path = f"{stage_dir}/data/{name}/{split}-{shard:05d}-of-{shards:05d}.parquet"
-            _write(pa.Table.from_pylist(built, schema=with_version(schema)), path)
+            write_parquet(pa.Table.from_pylist(built, schema=schema), path, schema)
 
 
 def _rows(reader: pa.RecordBatchReader) -> Iterator[dict[str, Any]]:
     for batch in reader:
         yield from batch.to_pylist()
-
-
-def _write(table: pa.Table, path: str) -> None:
-    import fsspec
-
-    with fsspec.open(path, "wb", auto_mkdir=True) as f:
-        pq.write_table(table, f, **PARQUET_OPTIONS)
 
 
 def _sft_row(r: dict[str, Any], config: EmitConfig, pipeline: dict[str, str]) -> dict[str, Any]:

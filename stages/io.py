@@ -20,7 +20,7 @@ def write_parquet(table: pa.Table, path: str, schema: pa.Schema | None = None) -
     """Same table, same bytes: fixed options and no timestamps in the file."""
     if schema is not None:
         table = table.select(schema.names).cast(with_version(schema))
-    with fsspec.open(path, "wb") as f:
+    with fsspec.open(path, "wb", auto_mkdir=True) as f:
         pq.write_table(table, f, **PARQUET_OPTIONS)
 
 

@@ -242,3 +242,16 @@ def test_batch_stage_output_schema_is_checked():
 
     with pytest.raises(StageContractError, match="without the column"):
         conform(pa.table({"problem_id": ["a"]}), PROBLEMS, "s")
+
+
+def test_a_missing_extra_fails_before_any_stage_runs(tmp_path):
+    from stages.deps import MissingDependency
+
+    needy = StageType("test_needy", "needs an extra", StageConfig, leaky, "batch", "problems", "problems",
+                      requires=(("tracefoundry_no_such_module", "gpu"),))
+    if needy.name not in {s.name for s in registry.all_stages()}:
+        registry.register(needy)
+    recipe = parse_recipe(SMALL.format(uses="test_needy", extra=""))
+    with pytest.raises(MissingDependency, match=r"pip install 'tracefoundry\[gpu\]'"):
+        run(recipe, str(tmp_path / "run"), Options(workers=1, progress=False))
+    assert RunDir(str(tmp_path / "run")).manifest("ingest") is None
