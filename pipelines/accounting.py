@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from stages.io import connect, parquet_rows, sql_list
+import pyarrow as pa
+
+from stages.io import connect, iter_rows, parquet_rows, sql_list
 
 
 class AccountingError(RuntimeError):
@@ -16,8 +18,15 @@ class AccountingError(RuntimeError):
 
 
 def count(input_table: str, output_table: str, input_files: list[str], output_files: list[str],
-          rejected_files: list[str], consumed: int | None) -> dict[str, Any]:
-    rows_in = consumed if consumed is not None else parquet_rows(input_files)
+          rejected_files: list[str], consumed: int | None,
+          input_range: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Counts of a stage (or of one shard: ``input_range`` is the slice of the input it read)."""
+    if consumed is not None:
+        rows_in = consumed
+    elif input_range is not None:
+        rows_in = input_range[1] - input_range[0]
+    else:
+        rows_in = parquet_rows(input_files)
     counts: dict[str, Any] = {
         "rows_in": rows_in,
         "rows_out": parquet_rows(output_files),
@@ -25,7 +34,7 @@ def count(input_table: str, output_table: str, input_files: list[str], output_fi
         "rejected_by_reason": _by_reason(rejected_files),
     }
     if input_table != output_table and input_table != "source":
-        counts.update(_parents(input_files, output_files, rejected_files))
+        counts.update(_parents(input_files, output_files, rejected_files, input_range))
     return counts
 
 
@@ -52,11 +61,18 @@ def _by_reason(files: list[str]) -> dict[str, int]:
     return {reason: n for reason, n in rows}
 
 
-def _parents(input_files: list[str], output_files: list[str], rejected_files: list[str]) -> dict[str, int]:
+def _parents(input_files: list[str], output_files: list[str], rejected_files: list[str],
+             input_range: tuple[int, int] | None) -> dict[str, int]:
     """Fan-out and aggregating stages are counted per problem: each problem has output or a reason."""
     con = connect(input_files + output_files + rejected_files)
+    if input_range is not None:  # a shard: its parents are the problems of its slice
+        ids_in = [t for t in iter_rows(input_files, 65536, *input_range, columns=["problem_id"])]
+        con.register("shard_input", pa.concat_tables(ids_in) if ids_in else pa.table({"problem_id": pa.array(
+            [], pa.string())}))
 
     def ids(files: list[str]) -> str:
+        if input_range is not None and files is input_files:
+            return "(SELECT DISTINCT problem_id FROM shard_input)"
         return f"(SELECT DISTINCT problem_id FROM read_parquet({sql_list(files)}))" if files else \
             "(SELECT NULL::VARCHAR AS problem_id WHERE false)"
 

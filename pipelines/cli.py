@@ -20,6 +20,9 @@ console = Console(stderr=True)
 EPILOG = """examples:
   tracefoundry run laptop --run-dir runs/laptop --sample 50
   tracefoundry run my_recipe.yaml --run-dir s3://bucket/runs/r1 --force emit
+  tracefoundry run math.yaml --run-dir /shared/r1 --until ingest          # then, one task per node:
+  tracefoundry run math.yaml --run-dir /shared/r1 --shard 3/8              # generate slice 3 of 8
+  tracefoundry run math.yaml --run-dir /shared/r1                          # merge shards, run the rest
   tracefoundry inspect runs/laptop
   tracefoundry stages
 """
@@ -64,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="append", default=[], metavar="STAGE",
                    help="re-run STAGE and what follows even if up to date (repeatable)")
     p.add_argument("--workers", type=int, help="processes for record-parallel stages (default: recipe's)")
+    p.add_argument("--shard", metavar="I/N",
+                   help="run slice I of N (0-based) of the model-calling stages only, e.g. one task per "
+                   "GPU node; earlier stages must be complete. A later run without --shard finishes "
+                   "missing shards, merges them and goes on")
+    p.add_argument("--request-cache", metavar="PATH",
+                   help="where completions are cached (default: the recipe's request_cache, else "
+                   "RUN_DIR/_request_cache); share one so no completion is generated twice")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=cmd_run)
 
@@ -91,12 +101,14 @@ def resolve_recipe_path(name: str) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.report import print_summary, stdout_console
-    from pipelines.runner import Options, run
+    from pipelines.runner import Options, parse_shard, run
 
     recipe = load_recipe(resolve_recipe_path(args.recipe))
     options = Options(sample=args.sample, from_stage=args.from_stage, until=args.until,
                       force=set(args.force), workers=args.workers,
-                      progress=not args.no_progress and sys.stderr.isatty())
+                      progress=not args.no_progress and sys.stderr.isatty(),
+                      shard=parse_shard(args.shard) if args.shard else None,
+                      request_cache=args.request_cache)
     reports = run(recipe, args.run_dir, options)
     print_summary(reports, stdout_console())
     return 0

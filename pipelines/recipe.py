@@ -38,6 +38,9 @@ class RecipeModel(BaseModel):
     tokenizer: str = Field("embedded", description="the tokenizer of every token count in the run")
     batch_size: int = Field(1000, gt=0, description="rows per batch of record-parallel stages")
     workers: int = Field(2, gt=0, description="processes for record-parallel stages")
+    request_cache: str | None = Field(
+        None, description="where model-calling stages keep every completion (a path or fsspec URL); "
+        "share one between runs and scheduler tasks; default: <run dir>/_request_cache")
     stages: list[StageSpec] = Field(min_length=1)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
@@ -29,7 +30,7 @@ from pipelines.store import RunDir
 from schemas.tables import REJECTED, SCHEMA_VERSION, TABLES
 from stages.contract import Context, Inputs, Result
 from stages.deps import require
-from stages.io import parquet_rows, write_parquet
+from stages.io import connect, parquet_rows, shard_range, sql_list, write_parquet
 
 
 class StageFailed(RuntimeError):
@@ -50,6 +51,19 @@ class Options:
     force: set[str] = field(default_factory=set)
     workers: int | None = None  # None: the recipe's
     progress: bool = True
+    shard: tuple[int, int] | None = None  # (i, N): run slice i of N of the shardable stages only
+    request_cache: str | None = None  # None: the recipe's, else <run dir>/_request_cache
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/N' with 0 <= i < N, as the CLI and schedulers write it."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text}: write it as i/N, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 <= i < N")
+    return i, n
 
 
 @dataclass
@@ -68,10 +82,15 @@ def run(recipe: Recipe, run_dir: str, options: Options | None = None) -> list[Re
     store = RunDir(run_dir)
     selected, forced = _select(recipe, the_plan, options, store)
     for name in selected:  # a missing extra fails now, not after hours of earlier stages
-        for module, extra in recipe.instances[name].type.requires:
-            require(module, extra)
+        inst = recipe.instances[name]
+        if options.shard is None or inst.type.shardable:
+            for module, extra in inst.type.requirements(inst.config):
+                require(module, extra)
+    if options.shard is not None:
+        return _run_shard(recipe, the_plan, store, options, selected, forced)
     reports = []
     with store.lock():
+        store.check_no_shard_tasks()
         store.write_json(_run_info(recipe, the_plan, options), "_run.json")
         for name in the_plan.order:
             inst = recipe.instances[name]
@@ -79,12 +98,65 @@ def run(recipe: Recipe, run_dir: str, options: Options | None = None) -> list[Re
             if name not in selected:
                 reports.append(Report(name, inst.type.name, "not run", manifest))
                 continue
-            if name not in forced and manifest and manifest.get("fingerprint") == the_plan.fingerprints[name]:
+            if name not in forced and _up_to_date(manifest, the_plan, name):
                 reports.append(Report(name, inst.type.name, "cached", manifest))
                 continue
             manifest = run_stage(recipe, inst, the_plan, store, options)
             reports.append(Report(name, inst.type.name, "ran", manifest))
     return reports
+
+
+def _up_to_date(manifest: dict | None, the_plan: Plan, name: str) -> bool:
+    return bool(manifest) and manifest.get("fingerprint") == the_plan.fingerprints[name]
+
+
+def _run_shard(recipe: Recipe, the_plan: Plan, store: RunDir, options: Options, selected: set[str],
+               forced: set[str]) -> list[Report]:
+    """One scheduler task of a fanned-out run: slice i of N of each shardable stage, nothing else.
+
+    Stages that cannot shard must already be complete upstream; a later whole-run task finishes the
+    shards that are missing, merges them and runs what follows.
+    """
+    i, n = options.shard
+    reports, pending = [], set()
+    with store.lock(f"_lock.shard-{i:05d}-of-{n:05d}"):
+        for name in the_plan.order:
+            inst = recipe.instances[name]
+            manifest = store.manifest(name)
+            done = name not in forced and _up_to_date(manifest, the_plan, name)
+            if name not in selected or (not inst.type.shardable and not done):
+                pending.add(name)
+                reports.append(Report(name, inst.type.name, "cached" if done else "not run", manifest))
+                continue
+            if done:
+                reports.append(Report(name, inst.type.name, "cached", manifest))
+                continue
+            waiting = the_plan.upstream(recipe, name) & pending
+            if waiting:
+                if not any(recipe.instances[w].type.shardable for w in waiting):
+                    first = min(waiting, key=the_plan.order.index)
+                    raise ValueError(
+                        f"--shard: stage '{name}' reads '{first}', which is not complete in {store.url}; "
+                        f"run it first (tracefoundry run RECIPE --run-dir {store.url} --until {first})")
+                pending.add(name)
+                reports.append(Report(name, inst.type.name, "not run", manifest))
+                continue
+            shard_manifest = store.read_json(name, _shard_manifest(i, n))
+            if name in forced or not _up_to_date(shard_manifest, the_plan, name):
+                shard_manifest = run_stage(recipe, inst, the_plan, store, options, shard=(i, n))
+                reports.append(Report(name, inst.type.name, "ran", shard_manifest))
+            else:
+                reports.append(Report(name, inst.type.name, "cached", shard_manifest))
+            pending.add(name)  # later stages need the merged whole, not this slice
+    return reports
+
+
+def _shard_manifest(i: int, n: int) -> str:
+    return f"_shard-{i:05d}-of-{n:05d}.json"
+
+
+def _shard_prefix(i: int, n: int) -> str:
+    return f"s{i:05d}of{n:05d}-"
 
 
 def _select(recipe: Recipe, the_plan: Plan, options: Options, store: RunDir) -> tuple[set[str], set[str]]:
@@ -109,26 +181,45 @@ def _select(recipe: Recipe, the_plan: Plan, options: Options, store: RunDir) -> 
     return selected, forced
 
 
-def run_stage(recipe: Recipe, inst: Instance, the_plan: Plan, store: RunDir, options: Options) -> dict:
+def run_stage(recipe: Recipe, inst: Instance, the_plan: Plan, store: RunDir, options: Options,
+              shard: tuple[int, int] | None = None) -> dict:
+    """Run one stage (or one shard of it) and commit its manifest.
+
+    A whole run of a shardable stage whose shards were started by shard tasks finishes the missing
+    shards and merges them, rather than starting over.
+    """
+    if shard is None and inst.type.shardable:
+        n = _started_shards(store, inst, the_plan)
+        if n:
+            for i in range(n):
+                if not _up_to_date(store.read_json(inst.name, _shard_manifest(i, n)), the_plan, inst.name):
+                    run_stage(recipe, inst, the_plan, store, options, shard=(i, n))
+            return _merge_shards(store, inst, the_plan, n)
     stype = inst.type
     input_table = stype.input_table or "source"
-    store.reset(inst.name)
+    if shard is None:
+        store.reset(inst.name)
+    else:
+        _reset_shard(store, inst.name, *shard)
     ctx = Context(
         recipe=recipe.name, run_id=the_plan.run_id, recipe_fingerprint=the_plan.recipe_fingerprint,
         code_version=code_version(), seed=recipe.model.seed, sample=options.sample, stage=inst.name,
         stage_type=stype.name, fingerprint=the_plan.fingerprints[inst.name],
-        tokenizer_spec=recipe.model.tokenizer, stage_dir=store.path(inst.name),
+        tokenizer_spec=recipe.model.tokenizer, stage_dir=store.path(inst.name), shard=shard,
+        request_cache=options.request_cache or recipe.model.request_cache or store.path("_request_cache"),
     )
     inputs = Inputs({table: store.files(src, "part-*.parquet") for table, src in inst.inputs.items()})
     primary = inputs[stype.input_table] if stype.input_table else []
+    input_range = shard_range(parquet_rows(primary), shard) if shard else None
     started, t0 = datetime.now(UTC), time.monotonic()
-    bar = tqdm(total=parquet_rows(primary) or None, desc=inst.name, unit="row", leave=False,
-               disable=not options.progress)
+    total = (input_range[1] - input_range[0]) if input_range else parquet_rows(primary)
+    bar = tqdm(total=total or None, desc=inst.name, unit="row", leave=False, disable=not options.progress)
     writes_parts = stype.output_glob == "part-*.parquet"
-    writer = PartWriter(ctx, TABLES[stype.output_table], bar, write_parts=writes_parts)
+    prefix = _shard_prefix(*shard) if shard else ""
+    writer = PartWriter(ctx, TABLES[stype.output_table], bar, write_parts=writes_parts, prefix=prefix)
     try:
         if stype.kind == "batch":
-            _run_batches(inst, ctx, primary, writer, options.workers or recipe.model.workers,
+            _run_batches(inst, ctx, primary, inputs, writer, options.workers or recipe.model.workers,
                          recipe.model.batch_size)
         else:
             stype.fn(inputs, inst.config, ctx, writer)
@@ -138,10 +229,12 @@ def run_stage(recipe: Recipe, inst: Instance, the_plan: Plan, store: RunDir, opt
     finally:
         bar.close()
     counts = accounting.count(
-        input_table, stype.output_table, primary, store.files(inst.name, stype.output_glob),
-        store.files(inst.name, "rejected/part-*.parquet"),
-        writer.consumed_rows if input_table == "source" else None)
-    accounting.check(inst.name, input_table, stype.output_table, counts)
+        input_table, stype.output_table, primary,
+        store.files(inst.name, f"part-{prefix}*.parquet" if shard else stype.output_glob),
+        store.files(inst.name, f"rejected/part-{prefix}*.parquet"),
+        writer.consumed_rows if input_table == "source" else None, input_range)
+    accounting.check(inst.name if not shard else f"{inst.name} shard {shard[0]}/{shard[1]}",
+                     input_table, stype.output_table, counts)
     if not writes_parts:  # a stage with its own layout (emit): list every file it wrote with its rows
         counts["files"] = {path.removeprefix(ctx.stage_dir + "/"): parquet_rows([path])
                            for path in store.files(inst.name, "**/*.parquet") if "/rejected/" not in path}
@@ -149,6 +242,8 @@ def run_stage(recipe: Recipe, inst: Instance, the_plan: Plan, store: RunDir, opt
         "stage": inst.name, "uses": stype.name, "stage_version": stype.version,
         "input_table": input_table, "output_table": stype.output_table,
         "inputs": inst.inputs, **counts,
+        **({"stats": writer.collected_stats} if writer.collected_stats else {}),
+        **({"shard": list(shard)} if shard else {}),
         "fingerprint": ctx.fingerprint, "code_version": ctx.code_version, "schema_version": SCHEMA_VERSION,
         "run_id": ctx.run_id, "tokenizer": _tokenizer_info(recipe, stype.output_table),
         "config": inst.config.model_dump(mode="json"), "sample": options.sample,
@@ -156,8 +251,60 @@ def run_stage(recipe: Recipe, inst: Instance, the_plan: Plan, store: RunDir, opt
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(time.monotonic() - t0, 3),
     }
+    store.write_json(manifest, inst.name, _shard_manifest(*shard) if shard else "_manifest.json")
+    return manifest
+
+
+def _reset_shard(store: RunDir, stage: str, i: int, n: int) -> None:
+    """Clear this shard's own files only: other shards of the stage may be writing beside it."""
+    store.fs.makedirs(store.path(stage), exist_ok=True)
+    prefix = _shard_prefix(i, n)
+    store.remove(store.files(stage, f"part-{prefix}*.parquet")
+                 + store.files(stage, f"rejected/part-{prefix}*")
+                 + store.files(stage, _shard_manifest(i, n)) + store.files(stage, "_manifest.json"))
+
+
+def _started_shards(store: RunDir, inst: Instance, the_plan: Plan) -> int:
+    """N of the shard tasks already run for this stage's current fingerprint (0: none)."""
+    counts: dict[int, int] = {}
+    for path in store.files(inst.name, "_shard-*-of-*.json"):
+        n = int(path.rsplit("-of-", 1)[1].removesuffix(".json"))
+        manifest = store.read_json(inst.name, path.rsplit("/", 1)[1])
+        if _up_to_date(manifest, the_plan, inst.name):
+            counts[n] = counts.get(n, 0) + 1
+    return max(counts, key=lambda n: (counts[n], n)) if counts else 0
+
+
+def _merge_shards(store: RunDir, inst: Instance, the_plan: Plan, n: int) -> dict:
+    """Commit a stage run as N shards: drop strays of other attempts, sum the shards' counts."""
+    prefixes = tuple(_shard_prefix(i, n) for i in range(n))
+    keep = {*(f"_shard-{i:05d}-of-{n:05d}.json" for i in range(n))}
+    stray = [p for p in store.files(inst.name, "part-*.parquet") + store.files(inst.name, "rejected/part-*")
+             if not p.rsplit("/", 1)[1].removeprefix("part-").startswith(prefixes)]
+    stray += [p for p in store.files(inst.name, "_shard-*.json") if p.rsplit("/", 1)[1] not in keep]
+    store.remove(stray)
+    shards = [store.read_json(inst.name, _shard_manifest(i, n)) for i in range(n)]
+    manifest = {k: v for k, v in shards[0].items() if k not in {"shard", "started_at", "seconds"}}
+    for key in ("rows_in", "rows_out", "rows_rejected", "parents_in", "parents_with_output",
+                "parents_rejected", "rejected_by_reason", "stats"):
+        if key in manifest:
+            manifest[key] = _sum([s[key] for s in shards])
+    manifest.update({"shards": n, "started_at": min(s["started_at"] for s in shards),
+                     "finished_at": max(s["finished_at"] for s in shards),
+                     "seconds": round(sum(s["seconds"] for s in shards), 3)})
+    accounting.check(inst.name, manifest["input_table"], manifest["output_table"], manifest)
     store.write_json(manifest, inst.name, "_manifest.json")
     return manifest
+
+
+def _sum(values: list[Any]) -> Any:
+    """Numbers add up, dicts add per key; anything else is taken from the first shard."""
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values if v is not None):
+        present = [v for v in values if v is not None]
+        return sum(present) if present else None
+    if all(isinstance(v, dict) for v in values):
+        return {k: _sum([v.get(k) for v in values]) for k in sorted({k for v in values for k in v})}
+    return next((v for v in values if v is not None), None)
 
 
 def _tokenizer_info(recipe: Recipe, output_table: str) -> dict[str, str]:
@@ -171,15 +318,17 @@ def _tokenizer_info(recipe: Recipe, output_table: str) -> dict[str, str]:
 class PartWriter:
     """Writes a stage's parts and rejected rows, numbered in the order they come (deterministic)."""
 
-    def __init__(self, ctx: Context, schema: pa.Schema, bar: tqdm, write_parts: bool):
+    def __init__(self, ctx: Context, schema: pa.Schema, bar: tqdm, write_parts: bool, prefix: str = ""):
         self.ctx, self.schema, self.bar, self.write_parts = ctx, schema, bar, write_parts
+        self.prefix = prefix  # shards name their parts apart, so shard tasks never touch each other's
         self.parts = self.rejected_parts = self.consumed_rows = 0
+        self.collected_stats: dict[str, Any] = {}
 
     def write(self, rows: pa.Table) -> None:
         if not self.write_parts:
             raise StageContractError(f"stage '{self.ctx.stage}' writes its own files, not table parts")
         write_parquet(conform(rows, self.schema, self.ctx.stage),
-                      f"{self.ctx.stage_dir}/part-{self.parts:05d}.parquet")
+                      f"{self.ctx.stage_dir}/part-{self.prefix}{self.parts:05d}.parquet")
         self.parts += 1
 
     def reject(self, rejected: pa.Table) -> None:
@@ -188,13 +337,16 @@ class PartWriter:
         n = rejected.num_rows
         rejected = rejected.set_column(0, "stage", pa.array([self.ctx.stage] * n, pa.string()))
         rejected = rejected.set_column(1, "stage_type", pa.array([self.ctx.stage_type] * n, pa.string()))
-        write_parquet(rejected, f"{self.ctx.stage_dir}/rejected/part-{self.rejected_parts:05d}.parquet",
-                      REJECTED)
+        write_parquet(rejected, f"{self.ctx.stage_dir}/rejected/part-{self.prefix}{self.rejected_parts:05d}"
+                      ".parquet", REJECTED)
         self.rejected_parts += 1
 
     def consumed(self, n: int) -> None:
         self.consumed_rows += n
         self.bar.update(n)
+
+    def stats(self, values: dict[str, Any]) -> None:
+        self.collected_stats.update(values)
 
     def close(self) -> None:
         """Every table stage leaves at least one part, so readers always find a schema."""
@@ -214,9 +366,13 @@ def conform(rows: pa.Table, schema: pa.Schema, stage: str) -> pa.Table:
     return base
 
 
-def _run_batches(inst: Instance, ctx: Context, files: list[str], writer: PartWriter, workers: int,
-                 batch_size: int) -> None:
+def _run_batches(inst: Instance, ctx: Context, files: list[str], inputs: Inputs, writer: PartWriter,
+                 workers: int, batch_size: int) -> None:
     fn, config = inst.type.fn, inst.config
+    lookups = {table: _Lookup(inputs[table]) for table in inst.type.needs}
+
+    def related(batch: pa.Table) -> list[pa.Table]:
+        return [lookup.rows(batch["problem_id"]) for lookup in lookups.values()]
 
     def deliver(result: Result, rows_in: int) -> None:
         writer.write(result.rows)
@@ -225,19 +381,38 @@ def _run_batches(inst: Instance, ctx: Context, files: list[str], writer: PartWri
 
     if workers <= 1:
         for batch in _batches(files, batch_size):
-            deliver(fn(batch, config, ctx), batch.num_rows)
+            deliver(fn(batch, config, ctx, *related(batch)), batch.num_rows)
         return
     # spawn, not fork: the parent holds DuckDB/Polars thread pools that a fork would copy half-locked
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending: deque[tuple[Future, int]] = deque()
         for batch in _batches(files, batch_size):
-            pending.append((pool.submit(fn, batch, config, ctx), batch.num_rows))
+            pending.append((pool.submit(fn, batch, config, ctx, *related(batch)), batch.num_rows))
             if len(pending) >= 2 * workers:  # bounded: never read the whole input ahead
                 future, n = pending.popleft()
                 deliver(future.result(), n)
         while pending:
             future, n = pending.popleft()
             deliver(future.result(), n)
+
+
+class _Lookup:
+    """The rows of a needed table (problems) that a batch refers to, found by a DuckDB join.
+
+    The table is loaded once into DuckDB, which spills to disk when it is large; each batch then
+    costs one hash join against its own few ids.
+    """
+
+    def __init__(self, files: list[str]):
+        self.con = connect(files)
+        self.con.execute(f"CREATE TEMP TABLE needed AS SELECT * FROM read_parquet({sql_list(files)})")
+
+    def rows(self, ids: pa.ChunkedArray) -> pa.Table:
+        self.con.register("batch_ids", pa.table({"problem_id": pc.unique(ids.combine_chunks())}))
+        query = "SELECT n.* FROM needed n SEMI JOIN batch_ids b USING (problem_id)"
+        found = self.con.sql(query).to_arrow_table()
+        self.con.unregister("batch_ids")
+        return found
 
 
 def _batches(files: list[str], batch_size: int) -> Iterator[pa.Table]:

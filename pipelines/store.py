@@ -75,10 +75,13 @@ class RunDir:
         self.fs.makedirs(path, exist_ok=True)
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """One run per directory. A lock left by a dead process on this host is taken over."""
+    def lock(self, name: str = LOCK) -> Iterator[None]:
+        """One run per directory (shard tasks take one lock per shard).
+
+        A lock left by a dead process on this host is taken over.
+        """
         self.fs.makedirs(self.root, exist_ok=True)
-        path = self.path(LOCK)
+        path = self.path(name)
         me = {"host": socket.gethostname(), "pid": os.getpid(),
               "since": datetime.now(UTC).isoformat(timespec="seconds")}
         self._acquire(path, me)
@@ -113,6 +116,21 @@ class RunDir:
                 f"{holder.get('since')}. If no run is active there, delete {path}."
             )
         raise RunLocked(f"could not take the lock {path}")
+
+    def check_no_shard_tasks(self) -> None:
+        """A whole-run task must not run beside shard tasks that write into the same stage folders."""
+        me = socket.gethostname()
+        for path in self.fs.glob("/".join([self.root.rstrip("/"), LOCK + ".shard-*"])):
+            holder = self._holder(path)
+            if holder.get("host") == me and not _alive(holder.get("pid")):
+                continue
+            raise RunLocked(f"{self.url}: a shard task is running (pid {holder.get('pid')} on "
+                            f"{holder.get('host')}, lock {path}); wait for it, or delete the lock if it died")
+
+    def remove(self, paths: list[str]) -> None:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(path)
 
     def _holder(self, path: str) -> dict[str, Any]:
         try:

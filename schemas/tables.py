@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 SOURCE = pa.struct(
     [
@@ -92,6 +92,9 @@ TRACES = pa.schema(
         ("answer", pa.string()),  # the final-answer text shown after the reasoning
         ("final_answer", pa.string()),  # the extracted answer a checker compares
         ("finish_reason", pa.string()),
+        ("flags", pa.list_(pa.string())),  # parse findings: truncated, empty_answer, unclosed_reasoning, ...
+        ("prompt_tokens", pa.int64()),  # as the teacher reported them
+        ("completion_tokens", pa.int64()),
         ("reasoning_tokens", pa.int64()),
         ("answer_tokens", pa.int64()),
         ("rewrite", REWRITE),

@@ -5,7 +5,8 @@ which table it reads and writes. Two kinds:
 
 - ``batch`` (record-parallel): ``fn(batch: pa.Table, config, ctx) -> Result``. Pure: the engine maps
   it over record batches in a process pool (local) or a ``ParDo`` (Beam). It may fan out (problems ->
-  traces) but sees one batch only.
+  traces) but sees one batch only. A batch stage that ``needs`` the problems table (parse, verify)
+  is called ``fn(batch, config, ctx, problems)`` with the problems its batch refers to.
 - ``global``: ``fn(inputs: Inputs, config, ctx, out: Output) -> None``. Sees whole tables as Parquet
   files (read them lazily with Polars or DuckDB, never all in memory) and streams its output through
   ``out``. Sources (ingest) are global stages without inputs.
@@ -58,6 +59,8 @@ class Context:
     fingerprint: str
     tokenizer_spec: str
     stage_dir: str
+    shard: tuple[int, int] | None = None  # (i, N): this task runs slice i of N (model-calling stages)
+    request_cache: str | None = None  # where model-calling stages keep completions (default: in the run)
 
     @property
     def tokenizer(self):
@@ -95,6 +98,9 @@ class Output(Protocol):
     def consumed(self, n: int) -> None:
         """A source stage reports how many rows it read, so the engine can check none vanished."""
 
+    def stats(self, values: dict[str, Any]) -> None:
+        """Numbers for the manifest's ``stats`` (tokens spent per teacher...); shards' stats are summed."""
+
 
 @dataclass(frozen=True)
 class StageType:
@@ -108,4 +114,9 @@ class StageType:
     needs: tuple[Table, ...] = ()  # further tables a global stage reads (emit reads problems)
     output_glob: str = "part-*.parquet"  # where its output rows are, relative to the stage folder
     version: int = 1  # bump when the stage's output changes for the same config
-    requires: tuple[tuple[str, str], ...] = ()  # (module, extra) pairs, checked before it runs
+    # (module, extra) pairs checked before it runs; a function of the config when it depends on it
+    requires: tuple[tuple[str, str], ...] | Callable[[Any], tuple[tuple[str, str], ...]] = ()
+    shardable: bool = False  # runs one slice with --shard i/N (model-calling stages)
+
+    def requirements(self, config: StageConfig) -> tuple[tuple[str, str], ...]:
+        return self.requires(config) if callable(self.requires) else self.requires

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import duckdb
 import fsspec
@@ -45,3 +45,32 @@ def connect(files: Sequence[str] = ()) -> duckdb.DuckDBPyConnection:
 def sql_list(files: Sequence[str]) -> str:
     """A DuckDB list literal of file paths for read_parquet."""
     return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+
+
+def shard_range(total: int, shard: tuple[int, int] | None) -> tuple[int, int]:
+    """Rows [start, stop) of shard i of N: contiguous slices, so shards in order equal the whole."""
+    if shard is None:
+        return 0, total
+    i, n = shard
+    return total * i // n, total * (i + 1) // n
+
+
+def iter_rows(files: Sequence[str], batch_size: int, start: int = 0, stop: int | None = None,
+              columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """Batches of the rows [start, stop) of a table's parts, in order, without reading the rest."""
+    offset = 0
+    for path in files:
+        with fsspec.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            n = pf.metadata.num_rows
+            if offset + n <= start or (stop is not None and offset >= stop):
+                offset += n
+                continue
+            for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+                lo, hi = offset, offset + batch.num_rows
+                offset = hi
+                a, b = max(lo, start), hi if stop is None else min(hi, stop)
+                if a < b:
+                    yield pa.Table.from_batches([batch.slice(a - lo, b - a)])
+                if stop is not None and offset >= stop:
+                    return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stages import emit, ingest, ingest_traces, reference
+from stages import emit, generate, ingest, ingest_traces, parse, reference
 from stages.contract import StageType
 
 _STAGES: dict[str, StageType] = {}
@@ -41,6 +41,16 @@ register(StageType(
     name="reference_traces", kind="batch", input_table="problems", output_table="traces",
     config=reference.ReferenceConfig, fn=reference.reference_traces,
     summary="turn each problem's reference solution into a trace (no teacher needed)",
+))
+register(StageType(
+    name="generate", kind="global", input_table="problems", output_table="traces",
+    config=generate.GenerateConfig, fn=generate.generate, requires=generate.requirements, shardable=True,
+    summary="sample each problem from each teacher (vllm, openai, llamacpp); cached, budgeted, shardable",
+))
+register(StageType(
+    name="parse", kind="batch", input_table="traces", output_table="traces", needs=("problems",),
+    config=parse.ParseConfig, fn=parse.parse,
+    summary="split reasoning from answer, extract the final answer, flag truncated and empty answers",
 ))
 register(StageType(
     name="emit", kind="global", input_table="traces", output_table="traces", needs=("problems",),

@@ -40,7 +40,7 @@ def test_unknown_shipped_recipe_lists_the_shipped_ones(tmp_path, capsys):
 def test_inspect_shows_stages_and_shards(laptop_run, capsys):
     assert main(["inspect", str(laptop_run.run_dir), "--samples", "1"]) == 0
     out = capsys.readouterr().out
-    assert "reference_traces" in out and "emit/data/sft" in out and "emit/data/rl" in out
+    assert "generate" in out and "parse" in out and "emit/data/sft" in out and "emit/data/rl" in out
 
 
 def test_inspect_of_an_empty_folder_is_an_error(tmp_path, capsys):

@@ -38,7 +38,7 @@ def statuses(reports) -> dict[str, str]:
 
 def test_every_manifest_keeps_the_accounting_contract(laptop_run):
     manifests = RunDir(str(laptop_run.run_dir)).manifests()
-    assert set(manifests) == {"ingest", "reference_traces", "emit"}
+    assert set(manifests) == {"ingest", "generate", "parse", "emit"}
     for name, m in manifests.items():
         assert set(m) >= REQUIRED, name
         assert sum(m["rejected_by_reason"].values()) == m["rows_rejected"]
@@ -47,14 +47,16 @@ def test_every_manifest_keeps_the_accounting_contract(laptop_run):
         else:
             assert m["parents_in"] == m["parents_with_output"] + m["parents_rejected"], name
     assert manifests["ingest"]["rows_in"] == laptop_run.sample
-    assert manifests["reference_traces"]["parents_in"] == manifests["ingest"]["rows_out"]
-    assert manifests["reference_traces"]["tokenizer"]["revision"].startswith("sha256:")
+    assert manifests["generate"]["parents_in"] == manifests["ingest"]["rows_out"]
+    assert manifests["generate"]["rows_out"] == 2 * laptop_run.sample  # two samples per problem
+    assert manifests["parse"]["tokenizer"]["revision"].startswith("sha256:")
+    spent = manifests["generate"]["stats"]["teachers"]["smollm2"]
+    assert spent["samples"] == 2 * laptop_run.sample and spent["completion_tokens"] > 0
 
 
 def test_second_run_skips_every_stage(laptop_run):
     before = {p: p.stat().st_mtime_ns for p in laptop_run.run_dir.rglob("*.parquet")}
-    options = Options(sample=laptop_run.sample, progress=False)
-    reports = run(laptop_run.recipe, str(laptop_run.run_dir), options)
+    reports = run(laptop_run.recipe, str(laptop_run.run_dir), laptop_run.options())
     assert set(statuses(reports).values()) == {"cached"}
     assert before == {p: p.stat().st_mtime_ns for p in laptop_run.run_dir.rglob("*.parquet")}
 
@@ -62,39 +64,40 @@ def test_second_run_skips_every_stage(laptop_run):
 def test_changing_one_stage_reruns_it_and_what_follows(laptop_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(laptop_run.run_dir, run_dir)
-    text = Path(laptop_run.recipe.path).read_text()
-    options = Options(sample=laptop_run.sample, progress=False)
+    text, options = laptop_run.text, laptop_run.options()
 
-    emit_changed = parse_recipe(text.replace("test_size: 0.1", "test_size: 0.3"), "laptop.yaml")
+    emit_changed = parse_recipe(text.replace("test_size: 0.25", "test_size: 0.3"), "laptop.yaml")
     reports = run(emit_changed, str(run_dir), options)
-    assert statuses(reports) == {"ingest": "cached", "reference_traces": "cached", "emit": "ran"}
+    assert statuses(reports) == {"ingest": "cached", "generate": "cached", "parse": "cached", "emit": "ran"}
     assert RunDir(str(run_dir)).manifest("emit")["config"]["test_size"] == 0.3
 
-    ref_changed = parse_recipe(text.replace("inputs: [ingest]", "inputs: [ingest]\n    answer_template: "
-                                            "'Answer: {answer}'"), "laptop.yaml")
-    reports = run(ref_changed, str(run_dir), options)
-    assert statuses(reports) == {"ingest": "cached", "reference_traces": "ran", "emit": "ran"}
+    parse_changed = parse_recipe(text.replace("inputs: [generate, ingest]", "inputs: [generate, ingest]\n"
+                                              "    reject: [truncated]"), "laptop.yaml")
+    reports = run(parse_changed, str(run_dir), options)
+    assert statuses(reports) == {"ingest": "cached", "generate": "cached", "parse": "ran", "emit": "ran"}
 
 
 def test_force_from_and_until(laptop_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(laptop_run.run_dir, run_dir)
-    base = dict(sample=laptop_run.sample, progress=False)
-    reports = run(laptop_run.recipe, str(run_dir), Options(force={"reference_traces"}, **base))
-    assert statuses(reports) == {"ingest": "cached", "reference_traces": "ran", "emit": "ran"}
-    reports = run(laptop_run.recipe, str(run_dir), Options(from_stage="emit", **base))
-    assert statuses(reports) == {"ingest": "not run", "reference_traces": "not run", "emit": "ran"}
-    reports = run(laptop_run.recipe, str(tmp_path / "fresh"), Options(until="ingest", **base))
-    assert statuses(reports) == {"ingest": "ran", "reference_traces": "not run", "emit": "not run"}
-    with pytest.raises(ValueError, match="upstream stage 'reference_traces' has no up-to-date output"):
-        run(laptop_run.recipe, str(tmp_path / "fresh"), Options(from_stage="emit", **base))
+    opts = laptop_run.options
+    reports = run(laptop_run.recipe, str(run_dir), opts(force={"parse"}))
+    assert statuses(reports) == {"ingest": "cached", "generate": "cached", "parse": "ran", "emit": "ran"}
+    reports = run(laptop_run.recipe, str(run_dir), opts(from_stage="emit"))
+    assert statuses(reports) == {"ingest": "not run", "generate": "not run", "parse": "not run",
+                                 "emit": "ran"}
+    reports = run(laptop_run.recipe, str(tmp_path / "fresh"), opts(until="ingest"))
+    assert statuses(reports) == {"ingest": "ran", "generate": "not run", "parse": "not run",
+                                 "emit": "not run"}
+    with pytest.raises(ValueError, match="upstream stage 'generate' has no up-to-date output"):
+        run(laptop_run.recipe, str(tmp_path / "fresh"), opts(from_stage="emit"))
     with pytest.raises(KeyError, match="--force nope: no such stage"):
-        run(laptop_run.recipe, str(run_dir), Options(force={"nope"}, **base))
+        run(laptop_run.recipe, str(run_dir), opts(force={"nope"}))
 
 
 def test_two_runs_give_byte_identical_shards(laptop_run, tmp_path):
-    options = Options(sample=laptop_run.sample, progress=False, workers=1)  # and other workers than the first
-    run(laptop_run.recipe, str(tmp_path / "again"), options)
+    # other workers than the first; completions come from the shared request cache
+    run(laptop_run.recipe, str(tmp_path / "again"), laptop_run.options(workers=1))
     first, second = shard_bytes(laptop_run.run_dir), shard_bytes(tmp_path / "again")
     assert first and first == second
 
