@@ -101,7 +101,7 @@ def run(recipe: Recipe, run_dir: str, options: Options | None = None) -> list[Re
             if name not in forced and _up_to_date(manifest, the_plan, name):
                 reports.append(Report(name, inst.type.name, "cached", manifest))
                 continue
-            manifest = run_stage(recipe, inst, the_plan, store, options)
+            manifest = run_stage(recipe, inst, the_plan, store, options, forced=name in forced)
             reports.append(Report(name, inst.type.name, "ran", manifest))
     return reports
 
@@ -120,6 +120,7 @@ def _run_shard(recipe: Recipe, the_plan: Plan, store: RunDir, options: Options, 
     i, n = options.shard
     reports, pending = [], set()
     with store.lock(f"_lock.shard-{i:05d}-of-{n:05d}"):
+        store.check_no_whole_run()
         for name in the_plan.order:
             inst = recipe.instances[name]
             manifest = store.manifest(name)
@@ -182,13 +183,13 @@ def _select(recipe: Recipe, the_plan: Plan, options: Options, store: RunDir) -> 
 
 
 def run_stage(recipe: Recipe, inst: Instance, the_plan: Plan, store: RunDir, options: Options,
-              shard: tuple[int, int] | None = None) -> dict:
+              shard: tuple[int, int] | None = None, forced: bool = False) -> dict:
     """Run one stage (or one shard of it) and commit its manifest.
 
     A whole run of a shardable stage whose shards were started by shard tasks finishes the missing
-    shards and merges them, rather than starting over.
+    shards and merges them, rather than starting over; a forced one (--force, --from) starts over.
     """
-    if shard is None and inst.type.shardable:
+    if shard is None and inst.type.shardable and not forced:
         n = _started_shards(store, inst, the_plan)
         if n:
             for i in range(n):

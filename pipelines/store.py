@@ -127,6 +127,17 @@ class RunDir:
             raise RunLocked(f"{self.url}: a shard task is running (pid {holder.get('pid')} on "
                             f"{holder.get('host')}, lock {path}); wait for it, or delete the lock if it died")
 
+    def check_no_whole_run(self) -> None:
+        """A shard task must not run beside a whole-run task, which resets and merges the stage folders."""
+        path = self.path(LOCK)
+        if not self.fs.exists(path):
+            return
+        holder = self._holder(path)
+        if holder.get("host") == socket.gethostname() and not _alive(holder.get("pid")):
+            return
+        raise RunLocked(f"{self.url}: a whole run is running (pid {holder.get('pid')} on "
+                        f"{holder.get('host')}, lock {path}); wait for it, or delete the lock if it died")
+
     def remove(self, paths: list[str]) -> None:
         for path in paths:
             with contextlib.suppress(FileNotFoundError):

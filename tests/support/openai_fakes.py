@@ -109,6 +109,8 @@ class _LoopbackServer:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as real servers do: a drop hits a reused connection
     timeout = 10  # an idle keep-alive connection must not pin a handler thread forever
+    # headers and body go out in two writes: without TCP_NODELAY each reply waits out a delayed ACK
+    disable_nagle_algorithm = True
     owner: Any
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet test output
