@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import fsspec
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from stages.io import connect, iter_rows, parquet_rows, sql_list
 
@@ -35,6 +37,8 @@ def count(input_table: str, output_table: str, input_files: list[str], output_fi
     }
     if input_table != output_table and input_table != "source":
         counts.update(_parents(input_files, output_files, rejected_files, input_range))
+    if output_table == "traces":
+        counts["flags"] = _flags(output_files)
     return counts
 
 
@@ -59,6 +63,19 @@ def _by_reason(files: list[str]) -> dict[str, int]:
         f"SELECT reason, count(*) FROM read_parquet({sql_list(files)}) GROUP BY reason ORDER BY reason"
     ).fetchall()
     return {reason: n for reason, n in rows}
+
+
+def _flags(files: list[str]) -> dict[str, int]:
+    """Kept traces by parse flag (truncated, empty_answer...): what is kept but suspect."""
+    if not files:
+        return {}
+    with fsspec.open(files[0], "rb") as f:
+        if "flags" not in pq.read_schema(f).names:  # emit's shards are not trace parts
+            return {}
+    rows = connect(files).execute(
+        f"SELECT f, count(*) FROM (SELECT unnest(flags) AS f FROM read_parquet({sql_list(files)})) "
+        "GROUP BY f ORDER BY f").fetchall()
+    return {flag: n for flag, n in rows}
 
 
 def _parents(input_files: list[str], output_files: list[str], rejected_files: list[str],

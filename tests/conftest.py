@@ -25,8 +25,8 @@ MAX_TOKENS = 32  # small: the tests check plumbing, and every token costs CI tim
 def laptop_text() -> str:
     """The shipped laptop recipe with short completions and a test split that a small sample fills."""
     text = Path(LAPTOP).read_text()
-    assert "max_tokens: 160" in text and "test_size: 0.1" in text, "laptop.yaml changed: update conftest"
-    return text.replace("max_tokens: 160", f"max_tokens: {MAX_TOKENS}").replace("test_size: 0.1",
+    assert "max_tokens: 128" in text and "test_size: 0.1" in text, "laptop.yaml changed: update conftest"
+    return text.replace("max_tokens: 128", f"max_tokens: {MAX_TOKENS}").replace("test_size: 0.1",
                                                                                 "test_size: 0.25")
 
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines.accounting import AccountingError
@@ -52,6 +53,10 @@ def test_every_manifest_keeps_the_accounting_contract(laptop_run):
     assert manifests["parse"]["tokenizer"]["revision"].startswith("sha256:")
     spent = manifests["generate"]["stats"]["teachers"]["smollm2"]
     assert spent["samples"] == 2 * laptop_run.sample and spent["completion_tokens"] > 0
+    # 32-token completions: most are cut off, and the manifest says how many kept rows are suspect
+    assert 0 < manifests["parse"]["flags"]["truncated"] <= manifests["parse"]["rows_out"]
+    assert manifests["parse"]["flags"]["truncated"] == sum(
+        t["finish_reason"] == "length" for t in pq.read_table(laptop_run.run_dir / "generate").to_pylist())
 
 
 def test_second_run_skips_every_stage(laptop_run):
