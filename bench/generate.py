@@ -19,13 +19,9 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -34,6 +30,7 @@ from pipelines.recipe import parse_recipe
 from pipelines.runner import Options, run
 from stages.embedded_model import embedded_gguf_path
 from stages.generate import render_messages
+from stages.teachers.llamacpp_server import local_server
 
 RECIPE = """\
 name: bench-generate
@@ -75,7 +72,8 @@ def bench_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict:
         if backend == "llamacpp":
             teacher = f"{{name: t, backend: llamacpp, n_threads: {args.threads}, {sampling}}}"
         elif backend == "openai":
-            url = stack.enter_context(llama_server(args.threads, tmp))
+            url = stack.enter_context(local_server(embedded_gguf_path(), tmp / "server.log",
+                                                   threads=args.threads))
             teacher = (f"{{name: t, backend: openai, model: smollm2, base_url: '{url}/v1', "
                        f"concurrency: {args.concurrency}, {sampling}}}")
         else:
@@ -151,37 +149,6 @@ async def _raw_openai(teacher, prompts: list, params: dict, concurrency: int) ->
         return sum(await asyncio.gather(*(one(m, s) for m, s in prompts)))
     finally:
         await client.close()
-
-
-@contextlib.contextmanager
-def llama_server(threads: int, tmp: Path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    tmp.mkdir(parents=True, exist_ok=True)
-    with open(tmp / "server.log", "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf_path()), "--model_alias",
-             "smollm2", "--host", "127.0.0.1", "--port", str(port), "--n_threads", str(threads)],
-            stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/v1/models", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"llama_cpp.server did not start; see {tmp / 'server.log'}") from None
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def log(message: str) -> None:

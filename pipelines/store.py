@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import fsspec
+from stages.io import open_location
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +26,7 @@ class RunLocked(RuntimeError):
 class RunDir:
     def __init__(self, url: str):
         self.url = url
-        self.fs, self.root = fsspec.core.url_to_fs(url)
-        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
-        self.local = "file" in protocols
-        if self.local:
-            self.root = os.path.abspath(self.root)
+        self.fs, self.root, self.local = open_location(url)
 
     def path(self, *parts: str) -> str:
         """A path that fsspec, pyarrow and DuckDB all open: plain for local files, a URL otherwise."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator, Sequence
 
@@ -14,6 +15,14 @@ from schemas.tables import with_version
 
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "row_group_size": 10_000,
                    "write_statistics": True}
+
+
+def open_location(url: str) -> tuple[fsspec.AbstractFileSystem, str, bool]:
+    """(filesystem, root, is local) for a path or fsspec URL; local roots are made absolute."""
+    fs, root = fsspec.core.url_to_fs(url)
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    local = "file" in protocols
+    return fs, os.path.abspath(root) if local else root, local
 
 
 def write_parquet(table: pa.Table, path: str, schema: pa.Schema | None = None) -> None:

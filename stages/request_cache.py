@@ -17,9 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-import fsspec
-
 from schemas.ids import digest
+from stages.io import open_location
 from stages.teachers.base import Completion, TeacherInfo
 
 
@@ -31,11 +30,7 @@ def request_key(info: TeacherInfo, messages: Sequence[Mapping[str, str]], sampli
 class RequestCache:
     def __init__(self, url: str):
         self.url = url
-        self.fs, self.root = fsspec.core.url_to_fs(url)
-        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
-        self.local = "file" in protocols
-        if self.local:
-            self.root = os.path.abspath(self.root)
+        self.fs, self.root, self.local = open_location(url)
         self.fs.makedirs(self.root, exist_ok=True)
 
     def _path(self, key: str) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from support.openai_fakes import ScriptedOpenAIServer, chat_reply
+from support.openai_fakes import ScriptedOpenAIServer, assert_no_teacher_threads, chat_reply
 
 from pipelines.cli import main
 from pipelines.recipe import RecipeError, load_recipe, parse_recipe
@@ -54,10 +54,7 @@ def server() -> Iterator[ScriptedOpenAIServer]:
 @pytest.fixture(autouse=True)
 def no_leaked_threads() -> Iterator[None]:
     yield
-    deadline = time.monotonic() + 2
-    while any(t.name == "openai-teacher" for t in threading.enumerate()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not [t for t in threading.enumerate() if t.name == "openai-teacher"]
+    assert_no_teacher_threads()
 
 
 def recipe_text(base_url: str, *, samples: int = 3, temperature: float = 0.7, budget: int | None = None,

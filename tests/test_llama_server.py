@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -25,6 +24,7 @@ from pipelines.recipe import parse_recipe
 from pipelines.runner import Options, run
 from pipelines.store import RunDir
 from stages.embedded_model import embedded_gguf_path
+from stages.teachers.llamacpp_server import local_server
 
 pytestmark = pytest.mark.slow
 
@@ -57,39 +57,11 @@ stages:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def llama_server(tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("llama_server") / "server.log"  # a file: llama.cpp logs fill a pipe
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf_path()), "--model_alias",
-             "smollm2", "--host", "127.0.0.1", "--port", str(port), "--n_threads", "2", "--n_ctx", "1024"],
-            stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, f"llama_cpp.server exited: {log.read_text()[-2000:]}"
-        try:
-            with urllib.request.urlopen(f"{url}/v1/models", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "llama_cpp.server did not start within 60 s"
-        time.sleep(0.2)
-    yield url
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def llama_server(tmp_path_factory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("llama_server") / "server.log"
+    with local_server(embedded_gguf_path(), log, alias="smollm2", threads=2, n_ctx=1024) as url:
+        yield url
 
 
 def _sent(proxy: FaultProxy) -> Counter:

@@ -14,7 +14,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support.openai_fakes import FaultProxy, ScriptedOpenAIServer, chat_reply, error_body
+from support.openai_fakes import (
+    FaultProxy,
+    ScriptedOpenAIServer,
+    assert_no_teacher_threads,
+    chat_reply,
+    error_body,
+)
 
 from stages.teachers.base import OpenAITeacher, Request, Sample
 from stages.teachers.openai_server import OpenAIBackend, OpenAITeacherError, retry_after_s
@@ -26,10 +32,7 @@ SECRET = "sk-test-SECRET123"
 @pytest.fixture(autouse=True)
 def no_leaked_threads() -> Iterator[None]:
     yield
-    deadline = time.monotonic() + 2
-    while any(t.name == "openai-teacher" for t in threading.enumerate()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not [t for t in threading.enumerate() if t.name == "openai-teacher"]
+    assert_no_teacher_threads()
 
 
 def teacher(base_url: str, **overrides: Any) -> OpenAITeacher:

@@ -318,3 +318,11 @@ class FaultProxy(_LoopbackServer):
             handler.wfile.write(data)
         except OSError:  # the client went away (killed mid-request): nothing to tell it
             handler.close_connection = True
+
+
+def assert_no_teacher_threads(name: str = "openai-teacher", wait_s: float = 2.0) -> None:
+    """The openai backend's event-loop threads end with their generator; a leak fails the test."""
+    deadline = time.monotonic() + wait_s
+    while any(t.name == name for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not [t for t in threading.enumerate() if t.name == name]
