@@ -38,7 +38,7 @@ def count(input_table: str, output_table: str, input_files: list[str], output_fi
     if input_table != output_table and input_table != "source":
         counts.update(_parents(input_files, output_files, rejected_files, input_range))
     if output_table == "traces":
-        counts["flags"] = _flags(output_files)
+        counts.update(_trace_findings(output_files))
     return counts
 
 
@@ -65,17 +65,26 @@ def _by_reason(files: list[str]) -> dict[str, int]:
     return {reason: n for reason, n in rows}
 
 
-def _flags(files: list[str]) -> dict[str, int]:
-    """Kept traces by parse flag (truncated, empty_answer...): what is kept but suspect."""
+def _trace_findings(files: list[str]) -> dict[str, Any]:
+    """Kept traces by parse flag (truncated, empty_answer...) and, once verified, by verdict."""
     if not files:
         return {}
     with fsspec.open(files[0], "rb") as f:
-        if "flags" not in pq.read_schema(f).names:  # emit's shards are not trace parts
-            return {}
-    rows = connect(files).execute(
-        f"SELECT f, count(*) FROM (SELECT unnest(flags) AS f FROM read_parquet({sql_list(files)})) "
-        "GROUP BY f ORDER BY f").fetchall()
-    return {flag: n for flag, n in rows}
+        names = pq.read_schema(f).names
+    if "flags" not in names:  # emit's shards are not trace parts
+        return {}
+    con = connect(files)
+    parts = sql_list(files)
+    found: dict[str, Any] = {"flags": dict(con.execute(
+        f"SELECT f, count(*) FROM (SELECT unnest(flags) AS f FROM read_parquet({parts})) "
+        "GROUP BY f ORDER BY f").fetchall())}
+    verdicts = dict(con.execute(f"SELECT verdict, count(*) FROM read_parquet({parts}) "
+                                "WHERE verdict IS NOT NULL GROUP BY verdict ORDER BY verdict").fetchall())
+    if verdicts:
+        found["verdicts"] = verdicts
+        found["verified"] = con.execute(
+            f"SELECT count(*) FROM read_parquet({parts}) WHERE verified").fetchall()[0][0]
+    return found
 
 
 def _parents(input_files: list[str], output_files: list[str], rejected_files: list[str],

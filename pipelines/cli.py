@@ -15,6 +15,8 @@ from rich.table import Table
 
 from pipelines.recipe import RecipeError, load_recipe
 
+CHECKER_CHOICES = ("math", "choice", "exact", "numeric", "code")
+
 console = Console(stderr=True)
 
 EPILOG = """examples:
@@ -24,6 +26,7 @@ EPILOG = """examples:
   tracefoundry run math.yaml --run-dir /shared/r1 --shard 3/8              # generate slice 3 of 8
   tracefoundry run math.yaml --run-dir /shared/r1                          # merge shards, run the rest
   tracefoundry inspect runs/laptop
+  tracefoundry verify answers.jsonl --checker math --gold-col answer --pred-col model_answer
   tracefoundry stages
 """
 
@@ -77,6 +80,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=cmd_run)
 
+    p = sub.add_parser("verify", help="check the answers of an existing JSONL or Parquet file",
+                       description="Check each row's prediction against its gold answer and write the "
+                       "rows with verdict, score and check_reason beside the input "
+                       "(data.jsonl -> data.verdicts.jsonl).")
+    p.add_argument("file", help="a .jsonl or .parquet file")
+    p.add_argument("--checker", required=True, choices=CHECKER_CHOICES,
+                   help="math (math-verify equivalence), choice (letters), exact (normalised strings), "
+                   "numeric (tolerance), code (runs the program against tests in a sandbox)")
+    p.add_argument("--gold-col", default="answer", help="column of reference answers (default: answer)")
+    p.add_argument("--pred-col", default="prediction",
+                   help="column of answers to check (default: prediction)")
+    p.add_argument("--choices-col", help="column of options for --checker choice")
+    p.add_argument("--tests-col", help="column of tests (JSON) for --checker code")
+    p.add_argument("--extract", action="store_true",
+                   help="the prediction column holds whole completions: extract the final answer first")
+    p.add_argument("--out", help="where to write (default: beside the input)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_verify)
+
     p = sub.add_parser("stages", help="list the stage types a recipe can use")
     p.set_defaults(handler=cmd_stages)
 
@@ -111,6 +133,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                       request_cache=args.request_cache)
     reports = run(recipe, args.run_dir, options)
     print_summary(reports, stdout_console())
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pipelines.report import stdout_console
+    from pipelines.verify_file import verify_file
+
+    target, counts = verify_file(args.file, args.checker, args.gold_col, args.pred_col, args.choices_col,
+                                 args.tests_col, args.extract, args.out,
+                                 progress=not args.no_progress and sys.stderr.isatty())
+    summary = ", ".join(f"{verdict}: {n}" for verdict, n in sorted(counts.items()))
+    stdout_console().print(f"{target}: {sum(counts.values())} rows ({summary})", highlight=False)
     return 0
 
 

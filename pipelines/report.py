@@ -23,16 +23,20 @@ def summary_table(rows: list[tuple[str, str, str, dict[str, Any] | None]]) -> Ta
     table = Table(title="tracefoundry run summary", box=box.SIMPLE_HEAD)
     for name in ("stage", "status", "in", "out", "rejected", "seconds"):
         table.add_column(name, no_wrap=True, justify="right" if name not in {"stage", "status"} else "left")
-    table.add_column("rejected by reason (and kept rows flagged)")
+    table.add_column("rejected by reason; verified; flagged")
     for stage, uses, status, m in rows:
         label = stage if stage == uses else f"{stage} ({uses})"
         if m is None:
             table.add_row(label, status, "", "", "", "", "")
             continue
         reasons = ", ".join(f"{k}: {v}" for k, v in m["rejected_by_reason"].items())
+        notes = [reasons] if reasons else []
+        if "verified" in m:
+            notes.append(f"verified {m['verified']} of {m['rows_out']}")
         flags = ", ".join(f"{k}: {v}" for k, v in (m.get("flags") or {}).items() if k != "no_reasoning_tags")
         if flags:
-            reasons = f"{reasons}; flagged {flags}" if reasons else f"flagged {flags}"
+            notes.append(f"flagged {flags}")
+        reasons = "; ".join(notes)
         table.add_row(label, status, str(m["rows_in"]), str(m["rows_out"]), str(m["rows_rejected"]),
                       f"{m['seconds']:.1f}", reasons)
     return table

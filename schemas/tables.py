@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 SOURCE = pa.struct(
     [
@@ -76,6 +76,15 @@ PROBLEMS = pa.schema(
         ("level", pa.string()),  # the source's own difficulty label, if any
         ("source", SOURCE),
         ("metadata", pa.string()),  # unmapped source columns, canonical JSON
+        # consistency (per problem, over its verified samples); null until that stage runs
+        ("n_samples", pa.int64()),
+        ("n_clusters", pa.int64()),  # classes of equivalent final answers, by the checker
+        ("majority_answer", pa.string()),
+        ("agreement", pa.float64()),  # share of samples in the majority class
+        ("pass_rate", pa.float64()),  # share of samples verified against the reference
+        ("score_mean", pa.float64()),
+        ("score_cv", pa.float64()),  # coefficient of variation of per-sample scores (DeepDistill)
+        ("pseudo_label", pa.string()),  # the majority answer where there is no reference and it agrees
     ]
 )
 
@@ -99,6 +108,12 @@ TRACES = pa.schema(
         ("answer_tokens", pa.int64()),
         ("rewrite", REWRITE),
         ("checkers", pa.list_(CHECK)),
+        # verify: never drops a row; sets these (see stages/verify.py for what "verified" means)
+        ("verdict", pa.string()),  # pass | fail | judged_pass | judged_fail | pseudo_pass | error
+        ("score", pa.float64()),  # [0, 1]; code: fraction of tests passed
+        ("verified", pa.bool_()),
+        ("check_reason", pa.string()),  # why not verified, for people
+        ("check_details", pa.string()),  # per-checker details, canonical JSON
     ]
 )
 

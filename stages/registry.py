@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stages import emit, generate, ingest, ingest_traces, parse, reference
+from stages import consistency, emit, generate, ingest, ingest_traces, parse, reference, verify
 from stages.contract import StageType
 
 _STAGES: dict[str, StageType] = {}
@@ -51,6 +51,16 @@ register(StageType(
     name="parse", kind="batch", input_table="traces", output_table="traces", needs=("problems",),
     config=parse.ParseConfig, fn=parse.parse,
     summary="split reasoning from answer, extract the final answer, flag truncated and empty answers",
+))
+register(StageType(
+    name="verify", kind="batch", input_table="traces", output_table="traces", needs=("problems",),
+    config=verify.VerifyConfig, fn=verify.verify,
+    summary="check final answers (math, choice, exact, numeric, code in a sandbox) and format; never drops",
+))
+register(StageType(
+    name="consistency", kind="global", input_table="traces", output_table="problems", needs=("problems",),
+    config=consistency.ConsistencyConfig, fn=consistency.consistency,
+    summary="per problem: classes of equivalent answers, majority, agreement, pass rate, score CV",
 ))
 register(StageType(
     name="emit", kind="global", input_table="traces", output_table="traces", needs=("problems",),

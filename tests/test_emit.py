@@ -86,6 +86,9 @@ def test_every_row_carries_provenance_without_wall_clock_time(laptop_run, shards
     assert teacher["backend"] == "llamacpp" and teacher["model"] == "SmolLM2-135M-Instruct"
     assert teacher["revision"].startswith("sha256:") and teacher["prompt_template_hash"]
     assert json.loads(teacher["sampling_params"])["max_tokens"] > 0
+    for row in sft["train"]:  # what verify checked travels with the record
+        checks = row["provenance"]["checkers"]
+        assert [c["name"] for c in checks] == ["math", "format"] and all(c["version"] for c in checks)
 
 
 def test_assistant_turn_falls_back_to_the_raw_completion():
