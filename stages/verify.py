@@ -24,6 +24,7 @@ from stages.checkers import CHECKERS, get_checker
 from stages.checkers.base import Check, CheckItem
 from stages.checkers.code_sandbox import CodeConfig
 from stages.checkers.format_check import FormatConfig
+from stages.checkers.judge import JudgeChecker, JudgeConfig
 from stages.checkers.math_equiv import MathConfig
 from stages.checkers.simple import ChoiceConfig, ExactConfig, NumericConfig
 from stages.contract import Context, Result, StageConfig
@@ -47,6 +48,8 @@ class VerifyConfig(StageConfig):
                                   description="score a code trace needs to count as verified")
     allow_judged: bool = Field(False, description="count judged_pass as verified")
     allow_pseudo: bool = Field(False, description="count pseudo_pass as verified")
+    judge: JudgeConfig | None = Field(
+        None, description="an LLM judge for answers the checker cannot read (verdicts judged_pass/fail)")
     pseudo_labels: bool = Field(
         False, description="check problems without a reference against their pseudo_label (read the "
         "problems from a consistency stage); a match is pseudo_pass")
@@ -87,11 +90,14 @@ def verify(batch: pa.Table, config: VerifyConfig, ctx: Context, problems: pa.Tab
                                                     "pseudo-label it)"))
         for i, check in zip(todo, checker.check([items[i] for i in todo]), strict=True):
             answers[i] = (name, check)
+    if config.judge is not None:
+        _judge(rows, items, answers, config.judge, ctx)
     fmt_checker = get_checker("format", config.format)
     formats = fmt_checker.check(items)
     for i, r in enumerate(rows):
         name, check = answers[i]
-        checker = get_checker(name, getattr(config, name))
+        checker = _JUDGES[_judge_key(config.judge, ctx)] if name == "judge" else \
+            get_checker(name, getattr(config, name))
         verdict = "pseudo_pass" if pseudo[i] and check.verdict == "pass" else check.verdict
         verified = _verified(verdict, check.score, name, config)
         reason = None if verified else (check.reason or verdict)
@@ -110,6 +116,36 @@ def verify(batch: pa.Table, config: VerifyConfig, ctx: Context, problems: pa.Tab
                                                         **dict(formats[i].details)}}),
         })
     return Result(pa.Table.from_pylist(rows, schema=_with_columns(batch.schema)))
+
+
+# what a checker says when it could not read the prediction at all (vs. read it and disagreed)
+UNPARSABLE = ("no parsable answer in prediction", "prediction is not a number",
+              "prediction names no option")
+_JUDGES: dict[tuple[str, str], JudgeChecker] = {}
+
+
+def _judge_key(config: JudgeConfig, ctx: Context) -> tuple[str, str]:
+    return config.model_dump_json(), str(ctx.request_cache)
+
+
+def _judge(rows: list[dict], items: list[CheckItem], answers: list, config: JudgeConfig,
+           ctx: Context) -> None:
+    """Send what the checkers could not read to the judge; its verdicts replace theirs, marked judged."""
+    chosen = []
+    for i, (name, check) in enumerate(answers):
+        if name == "code" or items[i].gold is None:
+            continue
+        unparsable = check.reason in UNPARSABLE or check.verdict == "error"  # gold unreadable, timeout
+        no_answer = check.reason == "no answer"
+        if ("unparsable" in config.when and unparsable) or ("no_answer" in config.when and no_answer):
+            chosen.append(i)
+    if not chosen:
+        return
+    key = _judge_key(config, ctx)
+    if key not in _JUDGES:
+        _JUDGES[key] = JudgeChecker(config, ctx.request_cache, ctx.seed)
+    for i, check in zip(chosen, _JUDGES[key].check([items[i] for i in chosen]), strict=True):
+        answers[i] = ("judge", check)
 
 
 def _verified(verdict: str, score: float, checker: str, config: VerifyConfig) -> bool:

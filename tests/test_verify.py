@@ -118,3 +118,37 @@ def test_verify_file_names_a_missing_column(tmp_path, capsys):
     assert main(["verify", str(path), "--checker", "exact", "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "a.jsonl" in err and "prediction" in err and "--pred-col" in err
+
+
+def test_the_judge_rescues_unreadable_answers_and_is_marked_judged(tmp_path):
+    from support.openai_fakes import ScriptedOpenAIServer, chat_reply
+
+    def reply(body: dict, n: int) -> dict:
+        prompt = body["messages"][-1]["content"]
+        word = "EQUIVALENT" if "one half" in prompt else "DIFFERENT" if "a lot" in prompt else "maybe?"
+        return chat_reply(f"Thinking done. {word}", completion_tokens=3)
+
+    traces = [trace("m", None, tid="t1"), trace("m", "2", tid="t2"), trace("n", None, tid="t3"),
+              trace("o", None, tid="t4")]
+    traces[0]["answer"] = "The answer is one half."
+    traces[2]["answer"] = "It is a lot."
+    traces[3]["answer"] = "Hmm."
+    problems = [problem("m", "\\frac{1}{2}"), problem("n", "1000", "numeric"), problem("o", "3")]
+    with ScriptedOpenAIServer(reply) as server:
+        judge = {"teacher": {"backend": "openai", "name": "judge", "model": "judge",
+                             "base_url": server.base_url, "temperature": 0, "max_tokens": 8,
+                             "backoff_s": 0.01}}
+        ctx = SimpleNamespace(stage="verify", request_cache=str(tmp_path / "cache"), seed=0)
+        config = VerifyConfig(judge=judge, require_format=False)
+        table = pa.Table.from_pylist(traces, schema=TRACES)
+        rows = verify(table, config, ctx, pa.Table.from_pylist(problems, schema=PROBLEMS)).rows.to_pylist()
+        assert len(server.received) == 3  # t2 was read and judged wrong by math-verify: no judge needed
+        again = verify(table, config, ctx, pa.Table.from_pylist(problems, schema=PROBLEMS)).rows.to_pylist()
+        assert len(server.received) == 3 and again == rows  # judgements come from the request cache
+    got = [(r["verdict"], r["verified"], r["checkers"][1]["name"]) for r in rows]
+    assert got == [("judged_pass", False, "judge"), ("fail", False, "math"), ("judged_fail", False, "judge"),
+                   ("error", False, "judge")]
+    assert "not understood" in rows[3]["check_reason"]
+    allowed = verify(table, VerifyConfig(judge=judge, require_format=False, allow_judged=True), ctx,
+                     pa.Table.from_pylist(problems, schema=PROBLEMS)).rows.to_pylist()
+    assert [r["verified"] for r in allowed] == [True, False, False, False]
