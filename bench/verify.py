@@ -15,7 +15,7 @@ Two workloads: ``unique`` (one prediction per problem: the memo cannot help, the
 of the checker's IPC and bookkeeping; target >= 0.9) and ``repeated`` (16 samples per problem with
 2-4 distinct answers, as sampled traces are: the memo should pay; target >= 3).
 
-    python bench/verify.py                  # JSON on stdout (about 4 minutes on 2 cores)
+    python bench/verify.py                  # JSON on stdout (about 3 minutes on 2 cores)
     python bench/verify.py --problems 500 --repeated-problems 100 --repeats 1
 
 Runs alternate (raw, stage, raw, stage...) and the best of each side is kept, because these
@@ -156,11 +156,12 @@ def _raw_chunk(pairs: list[tuple[str, str]]) -> list[bool]:
     return out
 
 
-def _stage_part(pairs: list[tuple[str, str]], batch: int) -> tuple[list[bool], dict[str, int]]:
+def _stage_part(pairs: list[tuple[str, str]], batch: int,
+                fast_parse: bool) -> tuple[list[bool], dict[str, int]]:
     from stages.checkers.base import CheckItem
-    from stages.checkers.math_equiv import MathChecker
+    from stages.checkers.math_equiv import MathChecker, MathConfig
 
-    checker = MathChecker()
+    checker = MathChecker(MathConfig(fast_parse=fast_parse))
     try:
         out: list[bool] = []
         for start in range(0, len(pairs), batch):
@@ -189,12 +190,12 @@ def run_raw(pairs: list[tuple[str, str]], per_problem: int) -> tuple[float, list
     return time.perf_counter() - start, [v for part in results for v in part]
 
 
-def run_stage(pairs: list[tuple[str, str]], per_problem: int,
-              batch: int) -> tuple[float, list[bool], dict[str, int]]:
+def run_stage(pairs: list[tuple[str, str]], per_problem: int, batch: int,
+              fast_parse: bool) -> tuple[float, list[bool], dict[str, int]]:
     parts = _halves(pairs, per_problem)
     start = time.perf_counter()
     with ProcessPoolExecutor(PROCESSES, mp_context=multiprocessing.get_context("spawn")) as pool:
-        results = list(pool.map(_stage_part, parts, [batch] * len(parts)))
+        results = list(pool.map(_stage_part, parts, [batch] * len(parts), [fast_parse] * len(parts)))
     seconds = time.perf_counter() - start
     stats: dict[str, int] = {}
     for _, part_stats in results:
@@ -203,20 +204,22 @@ def run_stage(pairs: list[tuple[str, str]], per_problem: int,
     return seconds, [v for part, _ in results for v in part], stats
 
 
-def bench(pairs: list[tuple[str, str]], per_problem: int, batch: int, repeats: int) -> dict[str, Any]:
+def bench(pairs: list[tuple[str, str]], per_problem: int, batch: int, repeats: int,
+          fast_parse: bool) -> dict[str, Any]:
     raw_s = stage_s = float("inf")
     raw = stage = []
     stats: dict[str, int] = {}
     for _ in range(repeats):
         seconds, raw = run_raw(pairs, per_problem)
         raw_s = min(raw_s, seconds)
-        seconds, stage, stats = run_stage(pairs, per_problem, batch)
+        seconds, stage, stats = run_stage(pairs, per_problem, batch, fast_parse)
         stage_s = min(stage_s, seconds)
     agree = sum(a == b for a, b in zip(raw, stage, strict=True)) / len(pairs)
     return {
         "pairs": len(pairs),
         "unique_pairs": len(set(pairs)),
         "processes": PROCESSES,
+        "fast_parse": fast_parse,
         "raw_checks_per_s": round(len(pairs) / raw_s, 1),
         "stage_checks_per_s": round(len(pairs) / stage_s, 1),
         "ratio": round(raw_s / stage_s, 3),
@@ -233,23 +236,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--problems", type=int, default=1500, help="problems of the unique workload")
-    parser.add_argument("--repeated-problems", type=int, default=400,
-                        help="problems of the repeated workload (its first N problems; the raw side "
-                             "verifies all samples x N pairs, so this keeps the run to minutes)")
+    parser.add_argument("--repeated-problems", type=int, default=None,
+                        help="problems of the repeated workload (the first N; default: all). Each side "
+                             "starts its processes once, as a run does, so small N overweights start-up")
     parser.add_argument("--samples", type=int, default=16, help="traces per problem (repeated workload)")
     parser.add_argument("--batch", type=int, default=1000, help="items per check() call")
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each side; best kept")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workloads", default="unique,repeated")
+    parser.add_argument("--no-fast-parse", action="store_true",
+                        help="the checker parses as plain math-verify does: what IPC and the memo alone give")
     args = parser.parse_args()
-    problems = make_problems(max(args.problems, args.repeated_problems), args.seed)
+    repeated_problems = args.repeated_problems or args.problems
+    problems = make_problems(max(args.problems, repeated_problems), args.seed)
     workloads = {"unique": (lambda: unique_items(problems, args.seed), 1),
-                 "repeated": (lambda: repeated_items(problems[:args.repeated_problems], args.seed,
-                                                     args.samples), args.samples)}
+                 "repeated": (lambda: repeated_items(problems[:repeated_problems], args.seed, args.samples),
+                              args.samples)}
     result = {}
     for name in args.workloads.split(","):
         make, per_problem = workloads[name]
-        result[name] = bench(make(), per_problem, args.batch, args.repeats)
+        result[name] = bench(make(), per_problem, args.batch, args.repeats, not args.no_fast_parse)
     print(json.dumps(result, indent=2))
 
 

@@ -27,6 +27,8 @@ from stages.checkers.simple import (
     ExactConfig,
     NumericChecker,
     NumericConfig,
+    exact_key,
+    parse_number,
 )
 
 TABLE = Path(__file__).parent / "data" / "answer_pairs.jsonl"
@@ -77,6 +79,19 @@ def test_answer_pair(i: int, table_verdicts: dict[int, Check], record_property) 
         f"got {check.verdict} ({check.reason}); prepared {prepare_answer(row['gold'])!r} / "
         f"{prepare_answer(row['prediction'])!r}")
     assert check.score == (1.0 if check.verdict == "pass" else 0.0)
+
+
+def test_fast_parse_changes_no_verdict(table_verdicts: dict[int, Check]) -> None:
+    """``fast_parse`` (SLL-first ANTLR, direct numbers) must be pure speed: a third of the math rows,
+    checked by plain math-verify parsing, get the very same verdicts and reasons."""
+    rows = [i for i, row in enumerate(ROWS) if row["checker"] == "math"][::3]
+    checker = MathChecker(MathConfig(fast_parse=False))
+    try:
+        plain = checker.check([_item(ROWS[i]) for i in rows])
+    finally:
+        checker.close()
+    assert [(c.verdict, c.reason) for c in plain] == [(table_verdicts[i].verdict, table_verdicts[i].reason)
+                                                      for i in rows]
 
 
 def test_table_shape() -> None:
@@ -206,6 +221,22 @@ def test_killed_child_is_restarted(faulty: MathChecker) -> None:
     assert _delta(faulty, before)["starts"] == 1
 
 
+def test_child_that_cannot_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a daemonic process (a Pool worker) a child cannot start: every item says so, at once."""
+    checker = MathChecker()
+
+    def refuse() -> None:
+        raise AssertionError("daemonic processes are not allowed to have children")
+
+    monkeypatch.setattr(checker, "_ensure_child", refuse)
+    checks = checker.check([CheckItem("1", "1"), CheckItem("2", "1"), CheckItem("3", "1")])
+    assert {c.verdict for c in checks} == {"error"}
+    assert all(c.reason.startswith("checker could not start: AssertionError") for c in checks)
+    assert checker.stats["crashes"] == 1  # one attempt, not one per pair
+    assert not checker._memo  # not the pairs' fault: a later call tries again
+    checker.close()
+
+
 def test_reference_and_prediction_edge_cases(faulty: MathChecker) -> None:
     checks = faulty.check([
         CheckItem(gold="\\", prediction="5"),  # math-verify reads nothing in this gold
@@ -262,3 +293,10 @@ def test_simple_checkers_reference_errors() -> None:
     wrong = ChoiceChecker().check([CheckItem("C", "B", ("1", "2", "3"))])[0]
     assert (wrong.verdict, wrong.details) == ("fail", {"chosen": "C", "gold": "B"})
     assert NumericChecker().check([CheckItem(object(), "5")])[0].verdict == "error"  # type: ignore[arg-type]
+
+
+def test_simple_normalisation_edges() -> None:
+    assert exact_key(r"\text{a} + \text{b}") == r"\text{a} + \text{b}"  # two blocks: no outer wrapper
+    assert exact_key(r"$\textbf{New  York}$.") == "new york"
+    assert parse_number("1e999999999") == float("inf")  # no billion-digit integer
+    assert parse_number(r"1.5\times 10^{3}") == 1500 and parse_number("-$5") == -5

@@ -38,11 +38,21 @@ def _unwrap(text: str) -> str:
         for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("**", "**")):
             if len(text) >= len(left) + len(right) and text.startswith(left) and text.endswith(right):
                 text = text[len(left):len(text) - len(right)].strip()
-        if match := _WRAPPER.match(text):
+        if (match := _WRAPPER.match(text)) and _balanced(match.group(1)):  # not "\\text{a} + \\text{b}"
             text = match.group(1).strip()
         if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
             text = text[1:-1].strip()
     return text
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for i, char in enumerate(text):
+        if char in "{}" and (i == 0 or text[i - 1] != "\\"):
+            depth += 1 if char == "{" else -1
+            if depth < 0:
+                return False
+    return depth == 0
 
 
 # ---------------------------------------------------------------------------------------------------------
