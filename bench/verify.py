@@ -19,8 +19,8 @@ of the checker's IPC and bookkeeping; target >= 0.9) and ``repeated`` (16 sample
     python bench/verify.py --problems 500 --repeated-problems 100 --repeats 1
 
 Runs alternate (raw, stage, raw, stage...) and the best of each side is kept, because these
-machines are shared. TODO: once ``stages.verify.verify`` settles, add a third side that runs the
-stage function itself on Arrow batches.
+machines are shared. The stage side is ``stages.verify.verify`` itself on Arrow batches of traces
+(with the format checker, which every verify call runs), as the local runner calls it.
 """
 
 from __future__ import annotations
@@ -158,19 +158,35 @@ def _raw_chunk(pairs: list[tuple[str, str]]) -> list[bool]:
 
 def _stage_part(pairs: list[tuple[str, str]], batch: int,
                 fast_parse: bool) -> tuple[list[bool], dict[str, int]]:
-    from stages.checkers.base import CheckItem
-    from stages.checkers.math_equiv import MathChecker, MathConfig
+    """The verify stage's own batch function on Arrow batches of traces, as the runner calls it."""
+    from types import SimpleNamespace
 
-    checker = MathChecker(MathConfig(fast_parse=fast_parse))
+    import pyarrow as pa
+
+    from schemas.tables import PROBLEMS, TRACES
+    from stages.checkers import close_all, get_checker
+    from stages.checkers.math_equiv import MathConfig
+    from stages.verify import VerifyConfig, verify
+
+    config = VerifyConfig(math=MathConfig(fast_parse=fast_parse))
+    ctx = SimpleNamespace(stage="verify", request_cache=None, seed=0)
+    golds = {g: f"p{i}" for i, g in enumerate(dict.fromkeys(g for g, _ in pairs))}
     try:
         out: list[bool] = []
         for start in range(0, len(pairs), batch):
             chunk = pairs[start:start + batch]
-            checks = checker.check([CheckItem(prediction=p, gold=g) for g, p in chunk])
-            out += [c.verdict == "pass" for c in checks]
-        return out, dict(checker.stats)
+            traces = pa.Table.from_pylist(
+                [{"trace_id": f"t{start + k}", "problem_id": golds[g], "final_answer": p, "flags": [],
+                  "reasoning": "r", "answer": p, "finish_reason": "stop"} for k, (g, p) in enumerate(chunk)],
+                schema=TRACES)
+            problems = pa.Table.from_pylist(
+                [{"problem_id": golds[g], "question": "q", "answer": g, "answer_type": "math"}
+                 for g in dict.fromkeys(g for g, _ in chunk)], schema=PROBLEMS)
+            rows = verify(traces, config, ctx, problems).rows
+            out += [v == "pass" for v in rows["verdict"].to_pylist()]
+        return out, dict(get_checker("math", config.math).stats)
     finally:
-        checker.close()
+        close_all()
 
 
 def _halves(pairs: list[tuple[str, str]], per_problem: int) -> list[list[tuple[str, str]]]:
