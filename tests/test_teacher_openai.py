@@ -280,3 +280,20 @@ def test_fault_proxy_holds_and_forwards_gets() -> None:
         got += list(gen)
         backend.close()
     assert len(got) == 5 and len(server.received) == 5
+
+
+def test_choices_become_a_json_schema_response_format() -> None:
+    from stages.teachers.base import read_choice
+
+    with ScriptedOpenAIServer(lambda body, n: chat_reply('{"answer": "hard"}')) as server:
+        backend = OpenAIBackend(teacher(server.base_url), 0)
+        choices = ("easy", "medium", "hard")
+        samples = list(backend.generate([
+            Request("p", ({"role": "user", "content": "level?"},), (0,), choices),
+            Request("q", ({"role": "user", "content": "free"},), (0,))]))
+        backend.close()
+    bodies = {b["messages"][0]["content"]: b for b in server.received}
+    schema = bodies["level?"]["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["answer"]["enum"] == list(choices) and schema["required"] == ["answer"]
+    assert "response_format" not in bodies["free"]
+    assert {read_choice(s.completion.text, choices) for s in samples} == {"hard"}

@@ -266,3 +266,24 @@ def test_real_vllm_smoke() -> None:
         assert c.prompt_tokens and c.prompt_tokens > 0
         assert c.completion_tokens is not None and 0 < c.completion_tokens <= 16
         assert c.reasoning is None
+
+
+def test_choices_use_guided_decoding_in_either_vllm_generation(recorder: Recorder) -> None:
+    vllm = sys.modules["vllm"]
+    choices = ("easy", "medium", "hard")
+    for name, keyword in (("GuidedDecodingParams", "guided_decoding"),
+                          ("StructuredOutputsParams", "structured_outputs")):
+        params_module = types.ModuleType("vllm.sampling_params")
+        setattr(params_module, name, lambda **kw: ("guide", kw))
+        vllm.sampling_params = params_module
+        backend = open_backend(teacher(), BASE_SEED)
+        constrained = Request("p0", ({"role": "user", "content": "level?"},), (0,), choices)
+        list(backend.generate([constrained, request(1)]))
+        sent = recorder.chats[-1]["sampling_params"]
+        assert sent[0].kwargs[keyword] == ("guide", {"choice": list(choices)})
+        assert keyword not in sent[1].kwargs  # an unconstrained request stays free
+        backend.close()
+    del vllm.sampling_params
+    backend = open_backend(teacher(), BASE_SEED)
+    with pytest.raises(RuntimeError, match="no guided decoding"):
+        list(backend.generate([Request("p0", ({"role": "user", "content": "x"},), (0,), choices)]))

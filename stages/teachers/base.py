@@ -22,11 +22,17 @@ Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content":
 
 @dataclass(frozen=True)
 class Request:
-    """One prompt and the sample indices wanted for it."""
+    """One prompt and the sample indices wanted for it.
+
+    ``choices`` constrains the reply to one of these strings where the backend can (a grammar in
+    llama.cpp, guided decoding in vLLM, a JSON-schema ``response_format`` on OpenAI-compatible
+    servers, whose reply is then ``{"answer": "<choice>"}``): read replies with ``read_choice``.
+    """
 
     id: str  # the caller's handle, returned on every Sample
     messages: tuple[Message, ...]
     indices: tuple[int, ...]
+    choices: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,42 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def read_choice(text: str, choices: tuple[str, ...]) -> str | None:
+    """The choice a constrained reply names, strictly: the bare choice or ``{"answer": choice}``.
+
+    Case and surrounding whitespace, quotes and a final period are forgiven; anything else (prose,
+    two choices, an unknown word) is None, so callers retry or record "unknown" instead of guessing.
+    """
+    import json
+
+    reply = text.strip()
+    if reply.startswith("{"):
+        try:
+            value = json.loads(reply)
+        except ValueError:
+            return None
+        reply = str(value.get("answer", "")) if isinstance(value, dict) else ""
+    reply = reply.strip().strip("\"'`").rstrip(".").strip().casefold()
+    matches = [c for c in choices if c.casefold() == reply]
+    return matches[0] if len(matches) == 1 else None
+
+
+def choice_grammar(choices: tuple[str, ...]) -> str:
+    """A GBNF grammar (llama.cpp) whose only sentences are the choices."""
+    import json
+
+    return "root ::= " + " | ".join(json.dumps(c) for c in choices)
+
+
+def choice_schema(choices: tuple[str, ...]) -> dict[str, Any]:
+    """An OpenAI ``response_format`` that allows only ``{"answer": <one of the choices>}``."""
+    return {"type": "json_schema",
+            "json_schema": {"name": "choice", "strict": True,
+                            "schema": {"type": "object", "additionalProperties": False,
+                                       "required": ["answer"],
+                                       "properties": {"answer": {"type": "string", "enum": list(choices)}}}}}
 
 
 class SamplingConfig(StageConfig):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from stages.deps import load
 from stages.embedded_model import EMBEDDED_MODEL, embedded_gguf_path, file_sha256, quiet_llama_logs
-from stages.teachers.base import Completion, LlamaCppTeacher, Request, Sample, TeacherInfo
+from stages.teachers.base import Completion, LlamaCppTeacher, Request, Sample, TeacherInfo, choice_grammar
 
 # our sampling names -> llama-cpp-python's create_chat_completion names
 _PARAMS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
@@ -40,6 +40,7 @@ class LlamaCppBackend:
         self.config = config
         self.info = teacher_info(config)
         self.sampling = config.sampling_params(base_seed)
+        self._grammars: dict[tuple[str, ...], object] = {}
         quiet_llama_logs()
         self.llm = llama_cpp.Llama(
             model_path=str(model_file(config)), n_ctx=config.n_ctx,
@@ -50,10 +51,13 @@ class LlamaCppBackend:
         kwargs = {ours: self.sampling[theirs_key] for theirs_key, ours in _PARAMS.items()
                   if theirs_key in self.sampling}
         for request in requests:
+            constrained = dict(kwargs)
+            if request.choices:
+                constrained["grammar"] = self._grammar(request.choices)
             for index in request.indices:
                 t0 = time.perf_counter()
                 reply = self.llm.create_chat_completion(
-                    messages=list(request.messages), seed=self.sampling["seed"] + index, **kwargs)
+                    messages=list(request.messages), seed=self.sampling["seed"] + index, **constrained)
                 choice, usage = reply["choices"][0], reply.get("usage") or {}
                 message = choice.get("message") or {}
                 yield Sample(request, index, Completion(
@@ -63,6 +67,14 @@ class LlamaCppBackend:
                     prompt_tokens=usage.get("prompt_tokens"),
                     completion_tokens=usage.get("completion_tokens"),
                     latency_s=round(time.perf_counter() - t0, 4)))
+
+    def _grammar(self, choices: tuple[str, ...]):
+        import llama_cpp
+
+        if choices not in self._grammars:
+            grammar = llama_cpp.LlamaGrammar.from_string(choice_grammar(choices), verbose=False)
+            self._grammars[choices] = grammar
+        return self._grammars[choices]
 
     def close(self) -> None:
         llm, self.llm = self.llm, None

@@ -31,7 +31,15 @@ from typing import Any
 
 import openai
 
-from stages.teachers.base import Completion, Message, OpenAITeacher, Request, Sample, TeacherInfo
+from stages.teachers.base import (
+    Completion,
+    Message,
+    OpenAITeacher,
+    Request,
+    Sample,
+    TeacherInfo,
+    choice_schema,
+)
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +336,8 @@ class OpenAIBackend:
                                         ("repetition_penalty", c.repetition_penalty)) if v is not None})
         if extra:
             params["extra_body"] = extra
+        if request.choices:
+            params["response_format"] = choice_schema(request.choices)
         return params
 
     def _backoff(self, retry: int, server_wait: float | None) -> float:

@@ -108,7 +108,9 @@ class VLLMBackend:
             if not jobs:
                 continue
             conversations = [[dict(message) for message in request.messages] for request, _ in jobs]
-            params = [self._vllm.SamplingParams(**sampling_kwargs(self.sampling, run)) for _, run in jobs]
+            params = [self._vllm.SamplingParams(**sampling_kwargs(self.sampling, run),
+                                                **self._constraint(request.choices))
+                      for request, run in jobs]
             t0 = time.perf_counter()
             outputs = self.llm.chat(conversations, params, **chat_kwargs)
             wall = time.perf_counter() - t0
@@ -117,6 +119,18 @@ class VLLMBackend:
             latency = round(wall / sum(len(run) for _, run in jobs), 4)
             for (request, run), output in zip(jobs, outputs, strict=True):
                 yield from self._samples(request, run, output, latency)
+
+    def _constraint(self, choices: tuple[str, ...] | None) -> dict[str, Any]:
+        """Guided decoding to the choices: ``structured_outputs`` in recent vLLM, ``guided_decoding``
+        before (0.6 to 0.10)."""
+        if not choices:
+            return {}
+        sampling_params = self._vllm.sampling_params if hasattr(self._vllm, "sampling_params") else None
+        if sampling_params is not None and hasattr(sampling_params, "StructuredOutputsParams"):
+            return {"structured_outputs": sampling_params.StructuredOutputsParams(choice=list(choices))}
+        if sampling_params is not None and hasattr(sampling_params, "GuidedDecodingParams"):
+            return {"guided_decoding": sampling_params.GuidedDecodingParams(choice=list(choices))}
+        raise RuntimeError("this vLLM offers no guided decoding (structured_outputs or guided_decoding)")
 
     def _samples(self, request: Request, run: tuple[int, ...], output: Any,
                  latency: float) -> Iterator[Sample]:
