@@ -20,9 +20,8 @@ from pydantic import Field
 
 from stages.checkers.base import Check, CheckItem
 from stages.contract import StageConfig
-from stages.request_cache import RequestCache, request_key
-from stages.teachers import describe, open_backend
-from stages.teachers.base import Backend, Completion, Request, TeacherConfig
+from stages.teachers.base import Completion, Request, TeacherConfig
+from stages.teachers.cached import CachedTeacher
 
 PROMPT = """You are grading a student's final answer against the reference answer.
 
@@ -56,32 +55,18 @@ class JudgeChecker:
     version = "1"
 
     def __init__(self, config: JudgeConfig, request_cache: str, seed: int):
-        self.config, self.seed = config, seed
-        self.cache = RequestCache(request_cache)
-        self.info = describe(config.teacher)
-        self.sampling = config.teacher.sampling_params(seed)
-        self.backend: Backend | None = None
-        self.stats = {"judged": 0, "cached": 0, "unreadable": 0}
+        self.config = config
+        self.teacher = CachedTeacher(config.teacher, request_cache, seed, purpose="judge")
+        self.stats = {"judged": 0, "unreadable": 0}
 
     def check(self, items: Sequence[CheckItem]) -> list[Check]:
-        messages = [self._messages(item) for item in items]
-        keys = [request_key(self.info, m, self.sampling, 0) for m in messages]
-        replies: dict[str, Completion] = {}
-        for k in dict.fromkeys(keys):
-            if (c := self.cache.get(k)) is not None:
-                replies[k] = c
-                self.stats["cached"] += 1
-        missing = [Request(k, m, (0,)) for k, m in dict(zip(keys, messages, strict=True)).items()
-                   if k not in replies]
-        if missing:
-            if self.backend is None:
-                self.backend = open_backend(self.config.teacher, self.seed)
-            for sample in self.backend.generate(missing):
-                self.cache.put(sample.request.id, sample.completion,
-                               {"teacher": self.info.__dict__, "sampling": self.sampling, "index": 0,
-                                "purpose": "judge"})
-                replies[sample.request.id] = sample.completion
-        return [self._verdict(replies[k]) for k in keys]
+        prompts = [self._messages(item) for item in items]
+        requests: dict[str, Request] = {}
+        for messages in prompts:  # identical prompts are one request
+            text = messages[-1]["content"]
+            requests.setdefault(text, Request(f"j{len(requests)}", messages, (0,)))
+        replies = self.teacher.complete(list(requests.values()))
+        return [self._verdict(replies[(requests[m[-1]["content"]].id, 0)]) for m in prompts]
 
     def _messages(self, item: CheckItem) -> tuple[dict[str, str], ...]:
         trace = item.trace or {}
@@ -95,7 +80,7 @@ class JudgeChecker:
         self.stats["judged"] += 1
         match = _LAST_WORD.search(reply.text.strip())
         word = match.group(1).upper() if match else ""
-        details = {"judge_reply": reply.text[-300:], "judge_model": self.info.model}
+        details = {"judge_reply": reply.text[-300:], "judge_model": self.teacher.info.model}
         if word == "EQUIVALENT":
             return Check("judged_pass", 1.0, None, details)
         if word == "DIFFERENT":
@@ -104,6 +89,4 @@ class JudgeChecker:
         return Check("error", 0.0, f"judge reply not understood: {reply.text[-80:]!r}", details)
 
     def close(self) -> None:
-        if self.backend is not None:
-            self.backend.close()
-            self.backend = None
+        self.teacher.close()
