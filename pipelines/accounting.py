@@ -21,7 +21,7 @@ class AccountingError(RuntimeError):
 
 def count(input_table: str, output_table: str, input_files: list[str], output_files: list[str],
           rejected_files: list[str], consumed: int | None,
-          input_range: tuple[int, int] | None = None) -> dict[str, Any]:
+          input_range: tuple[int, int] | None = None, parent_traces: bool = False) -> dict[str, Any]:
     """Counts of a stage (or of one shard: ``input_range`` is the slice of the input it read)."""
     if consumed is not None:
         rows_in = consumed
@@ -37,6 +37,8 @@ def count(input_table: str, output_table: str, input_files: list[str], output_fi
     }
     if input_table != output_table and input_table != "source":
         counts.update(_parents(input_files, output_files, rejected_files, input_range))
+    elif parent_traces:
+        counts.update(_parent_traces(input_files, output_files, rejected_files, input_range))
     if output_table == "traces":
         counts.update(_trace_findings(output_files))
     return counts
@@ -63,6 +65,31 @@ def _by_reason(files: list[str]) -> dict[str, int]:
         f"SELECT reason, count(*) FROM read_parquet({sql_list(files)}) GROUP BY reason ORDER BY reason"
     ).fetchall()
     return {reason: n for reason, n in rows}
+
+
+def _parent_traces(input_files: list[str], output_files: list[str], rejected_files: list[str],
+                   input_range: tuple[int, int] | None) -> dict[str, int]:
+    """Stages that add traces (rewrite) are counted per input trace: each has output rows naming it
+    (itself, or rows whose parent_trace_id is it) or a rejected row naming it."""
+    con = connect(input_files + output_files + rejected_files)
+    ids = [t for t in iter_rows(input_files, 65536, *(input_range or (0, None)), columns=["trace_id"])]
+    empty = pa.table({"trace_id": pa.array([], pa.string())})
+    con.register("input_ids", pa.concat_tables(ids) if ids else empty)
+    out = ("SELECT CASE WHEN trace_id IN (SELECT trace_id FROM input_ids) THEN trace_id "
+           f"ELSE parent_trace_id END AS parent FROM read_parquet({sql_list(output_files)})") \
+        if output_files else "SELECT NULL::VARCHAR AS parent WHERE false"
+    rejected = f"SELECT trace_id FROM read_parquet({sql_list(rejected_files)})" if rejected_files else \
+        "SELECT NULL::VARCHAR AS trace_id WHERE false"
+    parents_in, with_output, parents_rejected = con.execute(f"""
+        WITH outputs AS ({out}), rejects AS ({rejected})
+        SELECT (SELECT count(DISTINCT trace_id) FROM input_ids),
+               (SELECT count(DISTINCT parent) FROM outputs
+                WHERE parent IN (SELECT trace_id FROM input_ids)),
+               (SELECT count(DISTINCT trace_id) FROM rejects
+                WHERE trace_id IN (SELECT trace_id FROM input_ids)
+                  AND trace_id NOT IN (SELECT parent FROM outputs WHERE parent IS NOT NULL))""").fetchall()[0]
+    return {"parents_in": parents_in, "parents_with_output": with_output,
+            "parents_rejected": parents_rejected}
 
 
 def _trace_findings(files: list[str]) -> dict[str, Any]:

@@ -68,7 +68,7 @@ def inspect_run(run_dir: str, samples: int, console: Console) -> None:
     for m in order:
         if m["uses"] != "emit":
             continue
-        for config in ("sft", "rl"):
+        for config in ("sft", "sft_long", "sft_concise", "rl"):
             shards = store.files(m["stage"], f"data/{config}/*.parquet")
             if not shards:
                 continue

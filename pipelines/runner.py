@@ -233,7 +233,8 @@ def run_stage(recipe: Recipe, inst: Instance, the_plan: Plan, store: RunDir, opt
         input_table, stype.output_table, primary,
         store.files(inst.name, f"part-{prefix}*.parquet" if shard else stype.output_glob),
         store.files(inst.name, f"rejected/part-{prefix}*.parquet"),
-        writer.consumed_rows if input_table == "source" else None, input_range)
+        writer.consumed_rows if input_table == "source" else None, input_range,
+        parent_traces=stype.counts_parent_traces)
     accounting.check(inst.name if not shard else f"{inst.name} shard {shard[0]}/{shard[1]}",
                      input_table, stype.output_table, counts)
     if not writes_parts:  # a stage with its own layout (emit): list every file it wrote with its rows

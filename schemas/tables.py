@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 
 SOURCE = pa.struct(
     [
@@ -85,6 +85,10 @@ PROBLEMS = pa.schema(
         ("score_mean", pa.float64()),
         ("score_cv", pa.float64()),  # coefficient of variation of per-sample scores (DeepDistill)
         ("pseudo_label", pa.string()),  # the majority answer where there is no reference and it agrees
+        # difficulty: the level used downstream, the teacher's judgement, and the rule that chose
+        ("difficulty", pa.string()),
+        ("difficulty_judged", pa.string()),  # a level, or "unknown" after malformed judgements
+        ("difficulty_rule", pa.string()),  # e.g. "pass_rate 0.25 over 8 samples -> hard (judged medium)"
     ]
 )
 

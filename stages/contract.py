@@ -117,6 +117,9 @@ class StageType:
     # (module, extra) pairs checked before it runs; a function of the config when it depends on it
     requires: tuple[tuple[str, str], ...] | Callable[[Any], tuple[tuple[str, str], ...]] = ()
     shardable: bool = False  # runs one slice with --shard i/N (model-calling stages)
+    # traces -> traces stages that add rows (rewrite) are counted per parent trace: every input
+    # trace has output (itself or rows whose parent_trace_id names it) or a rejected row naming it
+    counts_parent_traces: bool = False
 
     def requirements(self, config: StageConfig) -> tuple[tuple[str, str], ...]:
         return self.requires(config) if callable(self.requires) else self.requires

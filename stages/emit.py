@@ -48,8 +48,18 @@ def emit(inputs: Inputs, config: EmitConfig, ctx: Context, out: Output) -> None:
         CREATE VIEW sft AS SELECT t.*, p.question, p.source, p.split FROM traces t
         JOIN problems p USING (problem_id) WHERE trace_id NOT IN (SELECT trace_id FROM empty_traces)""")
     pipeline = ctx.pipeline_provenance()
+    def sft_row(r: dict[str, Any], i: int) -> dict[str, Any]:
+        return _sft_row(r, config, pipeline)
+
     _write_config(con, ctx.stage_dir, "sft", "SELECT * FROM sft", "trace_id", SFT, config.rows_per_shard,
-                  lambda r, i: _sft_row(r, config, pipeline))
+                  sft_row)
+    both = con.execute("SELECT count(*) FROM sft WHERE variant = 'concise' AND parent_trace_id IN "
+                       "(SELECT trace_id FROM sft)").fetchall()[0][0]
+    if both:  # a rewrite kept beside its original: offer each length as its own config too
+        _write_config(con, ctx.stage_dir, "sft_long", "SELECT * FROM sft WHERE variant IS DISTINCT FROM "
+                      "'concise'", "trace_id", SFT, config.rows_per_shard, sft_row)
+        _write_config(con, ctx.stage_dir, "sft_concise", "SELECT * FROM sft WHERE variant = 'concise'",
+                      "trace_id", SFT, config.rows_per_shard, sft_row)
     _write_config(con, ctx.stage_dir, "rl",
                   "SELECT * FROM problems WHERE answer IS NOT NULL AND problem_id IN "
                   "(SELECT problem_id FROM sft)", "problem_id", RL, config.rows_per_shard,

@@ -94,3 +94,36 @@ def test_every_row_carries_provenance_without_wall_clock_time(laptop_run, shards
 def test_assistant_turn_falls_back_to_the_raw_completion():
     assert assistant_turn(None, None, "raw text") == "raw text"
     assert assistant_turn(" think ", "42", "ignored") == "<think>\nthink\n</think>\n\n42"
+
+
+def test_originals_kept_beside_their_rewrites_also_go_out_as_sft_long_and_sft_concise(tmp_path):
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from schemas.tables import PROBLEMS, TRACES
+    from stages.emit import EmitConfig, emit
+    from stages.io import write_parquet
+
+    source = {"dataset": "t", "config": None, "split": None, "revision": None, "row": 0}
+    problems = [{"problem_id": f"{i:032x}", "question": f"q{i}", "answer": str(i), "answer_type": "math",
+                 "source": source} for i in range(4)]
+    traces = []
+    for p in problems:
+        original = {"trace_id": "o" + p["problem_id"], "problem_id": p["problem_id"], "variant": "original",
+                    "reasoning": "long " * 50, "answer": "ok", "completion": "x"}
+        traces.append(original)
+        if p["problem_id"].endswith(("1", "2")):
+            traces.append({**original, "trace_id": "c" + p["problem_id"], "variant": "concise",
+                           "parent_trace_id": original["trace_id"], "reasoning": "short"})
+    write_parquet(pa.Table.from_pylist(traces, schema=TRACES), str(tmp_path / "t.parquet"), TRACES)
+    write_parquet(pa.Table.from_pylist(problems, schema=PROBLEMS), str(tmp_path / "p.parquet"), PROBLEMS)
+    ctx = SimpleNamespace(stage_dir=str(tmp_path / "emit"), pipeline_provenance=lambda: {
+        "recipe": "r", "config_fingerprint": "f", "code_version": "0", "run_id": "x"})
+    out = SimpleNamespace(reject=lambda table: None)
+    emit({"traces": [str(tmp_path / "t.parquet")], "problems": [str(tmp_path / "p.parquet")]},
+         EmitConfig(test_size=0.0), ctx, out)
+    loaded = {c: load(tmp_path, c)["train"] for c in ("sft", "sft_long", "sft_concise")}
+    assert len(loaded["sft"]) == 6 and set(loaded["sft_long"]["variant"]) == {"original"}
+    assert len(loaded["sft_long"]) == 4 and len(loaded["sft_concise"]) == 2
+    assert set(loaded["sft_concise"]["variant"]) == {"concise"}
