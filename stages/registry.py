@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stages import consistency, emit, generate, ingest, ingest_traces, parse, reference, verify
+from stages import consistency, difficulty, emit, generate, ingest, ingest_traces, parse, reference, verify
 from stages.contract import StageType
 
 _STAGES: dict[str, StageType] = {}
@@ -61,6 +61,12 @@ register(StageType(
     name="consistency", kind="global", input_table="traces", output_table="problems", needs=("problems",),
     config=consistency.ConsistencyConfig, fn=consistency.consistency,
     summary="per problem: classes of equivalent answers, majority, agreement, pass rate, score CV",
+))
+register(StageType(
+    name="difficulty", kind="global", input_table="problems", output_table="problems",
+    config=difficulty.DifficultyConfig, fn=difficulty.difficulty, requires=difficulty.requirements,
+    shardable=True,
+    summary="a level per problem from the teacher's judgement and the pass rate, with the rule recorded",
 ))
 register(StageType(
     name="emit", kind="global", input_table="traces", output_table="traces", needs=("problems",),
