@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from stages import consistency, difficulty, emit, generate, ingest, ingest_traces, parse, reference, verify
+from stages import (
+    consistency,
+    difficulty,
+    emit,
+    generate,
+    ingest,
+    ingest_traces,
+    parse,
+    reference,
+    rewrite,
+    verify,
+)
 from stages.contract import StageType
 
 _STAGES: dict[str, StageType] = {}
@@ -67,6 +78,12 @@ register(StageType(
     config=difficulty.DifficultyConfig, fn=difficulty.difficulty, requires=difficulty.requirements,
     shardable=True,
     summary="a level per problem from the teacher's judgement and the pass rate, with the rule recorded",
+))
+register(StageType(
+    name="rewrite", kind="global", input_table="traces", output_table="traces", needs=("problems",),
+    config=rewrite.RewriteConfig, fn=rewrite.rewrite, requires=rewrite.requirements, shardable=True,
+    counts_parent_traces=True,
+    summary="rewrite verified traces to a length and structure by difficulty; keep those whose answer holds",
 ))
 register(StageType(
     name="emit", kind="global", input_table="traces", output_table="traces", needs=("problems",),
