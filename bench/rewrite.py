@@ -66,7 +66,8 @@ def main() -> None:
     levels = manifest.get("stats", {}).get("levels", {})
     result = {"recipe": recipe.name, "rewrite_stage": names[-1], "levels": {
         level: {"tokens_before": s["tokens_before"], "tokens_after": s["tokens_after"],
-                "kept_share": s["kept_share"], "attempted": s["attempted"], "kept": s["kept"],
+                "kept_share": round(s["kept"] / s["attempted"], 4) if s["attempted"] else None,
+                "attempted": s["attempted"], "kept": s["kept"],
                 "rejected": s.get("rejected", {})}
         for level, s in sorted(levels.items())}}
     print(json.dumps(result, indent=2))

@@ -256,8 +256,7 @@ def rewrite(inputs: Inputs, config: RewriteConfig, ctx: Context, out: Output) ->
             out.reject(rejected_table(rejected))
     finally:
         teacher.close()
-    for s in levels.values():
-        s["kept_share"] = s["kept"] / s["attempted"] if s["attempted"] else 0.0
+    for s in levels.values():  # counts only: shards' stats are summed, so shares are derived later
         s["rejected"] = dict(sorted(s["rejected"].items()))
     out.stats({"levels": dict(sorted(levels.items())), "retried": retried, "teacher": dict(teacher.stats)})
 
@@ -294,7 +293,7 @@ def _part(chunk: pa.Table, problems: dict[str, dict], config: RewriteConfig, ctx
     rejected: list[dict] = []
     for i, a in attempts.items():
         stats = levels.setdefault(a.level, {"attempted": 0, "kept": 0, "tokens_before": 0, "tokens_after": 0,
-                                            "kept_share": 0.0, "rejected": Counter()})
+                                            "rejected": Counter()})
         stats["attempted"] += 1
         stats["tokens_before"] += a.original_tokens
         row, reason, detail = _outcome(a, checks.get(id(a)), config, teacher)

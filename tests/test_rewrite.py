@@ -278,11 +278,11 @@ def test_each_trace_takes_its_path(server, inputs, tmp_path):
 
     stats = out.collected
     assert stats["levels"] == {
-        "easy": {"attempted": 2, "kept": 1, "tokens_before": 100, "tokens_after": 5, "kept_share": 0.5,
+        "easy": {"attempted": 2, "kept": 1, "tokens_before": 100, "tokens_after": 5,
                  "rejected": {"no_final_answer": 1}},
-        "hard": {"attempted": 1, "kept": 0, "tokens_before": 50, "tokens_after": 0, "kept_share": 0.0,
+        "hard": {"attempted": 1, "kept": 0, "tokens_before": 50, "tokens_after": 0,
                  "rejected": {"over_budget": 1}},
-        "medium": {"attempted": 2, "kept": 1, "tokens_before": 100, "tokens_after": 8, "kept_share": 0.5,
+        "medium": {"attempted": 2, "kept": 1, "tokens_before": 100, "tokens_after": 8,
                    "rejected": {"answer_changed": 1}},
     }
     assert stats["retried"] == 2
