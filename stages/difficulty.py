@@ -34,7 +34,6 @@ the stage only fills columns, it never rejects.
 from __future__ import annotations
 
 import itertools
-import string
 from collections import Counter
 from typing import Annotated, Any, Literal
 
@@ -44,6 +43,7 @@ from pydantic import Field, field_validator, model_validator
 from schemas.tables import PROBLEMS
 from stages.contract import Context, Inputs, Output, StageConfig
 from stages.io import iter_rows, parquet_rows, shard_range
+from stages.prompts import check_template
 from stages.teachers.base import Message, Request, TeacherConfig, read_choice
 from stages.teachers.cached import CachedTeacher
 
@@ -93,16 +93,7 @@ class DifficultyConfig(StageConfig):
     @field_validator("prompt_template")
     @classmethod
     def _known_fields(cls, template: str) -> str:
-        try:
-            names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-        except ValueError as e:
-            raise ValueError(f"not a valid template ({e}); write literal braces as {{{{ and }}}}") from None
-        unknown = names - TEMPLATE_FIELDS
-        if unknown:
-            raise ValueError(f"unknown field(s) {sorted(unknown)}; known: {sorted(TEMPLATE_FIELDS)}")
-        if "question" not in names:
-            raise ValueError("the template must contain {question}: the teacher has to see the problem")
-        return template
+        return check_template(template, TEMPLATE_FIELDS, required={"question"})
 
     @field_validator("pass_rate_thresholds")
     @classmethod

@@ -14,7 +14,6 @@ order, never on timing, so the output is the same however many requests were in 
 
 from __future__ import annotations
 
-import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -28,6 +27,7 @@ from schemas.tables import TRACES
 from schemas.validate import rejected_table
 from stages.contract import Context, Inputs, Output, StageConfig
 from stages.io import iter_rows, parquet_rows, shard_range
+from stages.prompts import check_template
 from stages.request_cache import RequestCache, request_key
 from stages.teachers import describe, open_backend
 from stages.teachers.base import Backend, Completion, Message, Request, TeacherConfig, TeacherInfo
@@ -49,14 +49,7 @@ class GenerateConfig(StageConfig):
     @field_validator("prompt_template")
     @classmethod
     def _known_fields(cls, template: str) -> str:
-        try:
-            names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-        except ValueError as e:
-            raise ValueError(f"not a valid template ({e}); write literal braces as {{{{ and }}}}") from None
-        unknown = names - TEMPLATE_FIELDS
-        if unknown:
-            raise ValueError(f"unknown field(s) {sorted(unknown)}; known: {sorted(TEMPLATE_FIELDS)}")
-        return template
+        return check_template(template, TEMPLATE_FIELDS)
 
     @model_validator(mode="after")
     def _unique_names(self) -> GenerateConfig:

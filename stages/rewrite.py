@@ -21,7 +21,6 @@ through ``CachedTeacher``: a re-run sends nothing it already paid for.
 
 from __future__ import annotations
 
-import string
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -38,6 +37,7 @@ from stages.checkers.base import Check, CheckItem
 from stages.contract import Context, Inputs, Output, StageConfig
 from stages.io import iter_rows, parquet_rows, shard_range
 from stages.parse import extract_final_answer, split_reasoning
+from stages.prompts import check_template
 from stages.teachers.base import Completion, Request, TeacherConfig
 from stages.teachers.cached import CachedTeacher
 from stages.verify import VerifyConfig
@@ -73,13 +73,6 @@ STRICT_SUFFIX = ("Your previous rewrite was too long. Stay under {budget} tokens
                  "side remarks.")
 REFERENCE_SENTENCE = "The reference answer is {answer}; the rewrite must reach this same final answer.\n\n"
 Reason = Literal["no_final_answer", "over_budget", "answer_changed"]
-
-
-def _fields(template: str) -> set[str]:
-    try:
-        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    except ValueError as e:
-        raise ValueError(f"not a valid template ({e}); write literal braces as {{{{ and }}}}") from None
 
 
 class RewriteConfig(StageConfig):
@@ -119,19 +112,13 @@ class RewriteConfig(StageConfig):
     @classmethod
     def _known_fields(cls, templates: dict[str, str]) -> dict[str, str]:
         for level, template in templates.items():
-            unknown = _fields(template) - TEMPLATE_FIELDS
-            if unknown:
-                raise ValueError(f"template '{level}': unknown field(s) {sorted(unknown)}; "
-                                 f"known: {sorted(TEMPLATE_FIELDS)}")
+            check_template(template, TEMPLATE_FIELDS, what=f"template '{level}'")
         return templates
 
     @field_validator("strict_suffix")
     @classmethod
     def _suffix_fields(cls, suffix: str) -> str:
-        unknown = _fields(suffix) - {"budget"}
-        if unknown:
-            raise ValueError(f"strict_suffix: unknown field(s) {sorted(unknown)}; known: ['budget']")
-        return suffix
+        return check_template(suffix, {"budget"}, what="strict_suffix")
 
     @model_validator(mode="after")
     def _default_level_defined(self) -> RewriteConfig:
