@@ -67,14 +67,25 @@ def _by_reason(files: list[str]) -> dict[str, int]:
     return {reason: n for reason, n in rows}
 
 
+def _input_relation(con: Any, files: list[str], input_range: tuple[int, int] | None, column: str) -> str:
+    """SQL for one id column of the rows a stage read: all its input, or a shard's slice of it."""
+    if not files:
+        return f"(SELECT NULL::VARCHAR AS {column} WHERE false)"
+    if input_range is None:
+        return f"(SELECT {column} FROM read_parquet({sql_list(files)}))"
+    parts = list(iter_rows(files, 65536, *input_range, columns=[column]))
+    con.register("shard_input", pa.concat_tables(parts) if parts else
+                 pa.table({column: pa.array([], pa.string())}))
+    return "shard_input"
+
+
 def _parent_traces(input_files: list[str], output_files: list[str], rejected_files: list[str],
                    input_range: tuple[int, int] | None) -> dict[str, int]:
     """Stages that add traces (rewrite) are counted per input trace: each has output rows naming it
     (itself, or rows whose parent_trace_id is it) or a rejected row naming it."""
     con = connect(input_files + output_files + rejected_files)
-    ids = [t for t in iter_rows(input_files, 65536, *(input_range or (0, None)), columns=["trace_id"])]
-    empty = pa.table({"trace_id": pa.array([], pa.string())})
-    con.register("input_ids", pa.concat_tables(ids) if ids else empty)
+    con.execute(f"CREATE TEMP TABLE input_ids AS SELECT trace_id FROM "
+                f"{_input_relation(con, input_files, input_range, 'trace_id')}")
     out = ("SELECT CASE WHEN trace_id IN (SELECT trace_id FROM input_ids) THEN trace_id "
            f"ELSE parent_trace_id END AS parent FROM read_parquet({sql_list(output_files)})") \
         if output_files else "SELECT NULL::VARCHAR AS parent WHERE false"
@@ -118,19 +129,14 @@ def _parents(input_files: list[str], output_files: list[str], rejected_files: li
              input_range: tuple[int, int] | None) -> dict[str, int]:
     """Fan-out and aggregating stages are counted per problem: each problem has output or a reason."""
     con = connect(input_files + output_files + rejected_files)
-    if input_range is not None:  # a shard: its parents are the problems of its slice
-        ids_in = [t for t in iter_rows(input_files, 65536, *input_range, columns=["problem_id"])]
-        con.register("shard_input", pa.concat_tables(ids_in) if ids_in else pa.table({"problem_id": pa.array(
-            [], pa.string())}))
+    read = _input_relation(con, input_files, input_range, "problem_id")
 
     def ids(files: list[str]) -> str:
-        if input_range is not None and files is input_files:
-            return "(SELECT DISTINCT problem_id FROM shard_input)"
         return f"(SELECT DISTINCT problem_id FROM read_parquet({sql_list(files)}))" if files else \
             "(SELECT NULL::VARCHAR AS problem_id WHERE false)"
 
     parents_in, with_output, rejected = con.execute(f"""
-        SELECT (SELECT count(*) FROM {ids(input_files)}),
+        SELECT (SELECT count(DISTINCT problem_id) FROM {read}),
                (SELECT count(*) FROM {ids(output_files)}),
                (SELECT count(*) FROM {ids(rejected_files)} r
                 WHERE r.problem_id IS NOT NULL AND r.problem_id NOT IN {ids(output_files)})""").fetchall()[0]

@@ -288,7 +288,7 @@ def _merge_shards(store: RunDir, inst: Instance, the_plan: Plan, n: int) -> dict
     shards = [store.read_json(inst.name, _shard_manifest(i, n)) for i in range(n)]
     manifest = {k: v for k, v in shards[0].items() if k not in {"shard", "started_at", "seconds"}}
     for key in ("rows_in", "rows_out", "rows_rejected", "parents_in", "parents_with_output",
-                "parents_rejected", "rejected_by_reason", "stats"):
+                "parents_rejected", "rejected_by_reason", "flags", "verdicts", "verified", "stats"):
         if key in manifest:
             manifest[key] = _sum([s[key] for s in shards])
     manifest.update({"shards": n, "started_at": min(s["started_at"] for s in shards),

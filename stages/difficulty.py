@@ -43,9 +43,9 @@ from pydantic import Field, field_validator, model_validator
 from schemas.tables import PROBLEMS
 from stages.contract import Context, Inputs, Output, StageConfig
 from stages.io import iter_rows, parquet_rows, shard_range
-from stages.prompts import check_template
+from stages.prompts import chat, check_template, question_text
 from stages.teachers.base import Message, Request, TeacherConfig, read_choice
-from stages.teachers.cached import CachedTeacher
+from stages.teachers.cached import CachedTeacher, one_answer_teacher
 
 UNKNOWN = "unknown"
 DEFAULT_TEMPLATE = (
@@ -75,6 +75,11 @@ class DifficultyConfig(StageConfig):
                                  "(default: the middle level)")
     problems_per_part: int = Field(64, gt=0, description="problems per output part and per batch of "
                                    "judgements sent together")
+
+    @field_validator("teacher")
+    @classmethod
+    def _one_answer(cls, teacher):
+        return teacher if teacher is None else one_answer_teacher(teacher)
 
     @field_validator("levels")
     @classmethod
@@ -177,13 +182,8 @@ def decide(problem: dict[str, Any], judged: str | None, tries: int,
 
 def render_messages(problem: dict[str, Any], config: DifficultyConfig) -> tuple[Message, ...]:
     """The judgement prompt; options are shown, since a choice problem's hardness depends on them."""
-    question = problem["question"]
-    if problem.get("choices"):
-        lettered = "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(problem["choices"]))
-        question = f"{question}\n\n{lettered}"
-    user = config.prompt_template.format(question=question, levels=", ".join(config.levels))
-    system = () if config.system_prompt is None else ({"role": "system", "content": config.system_prompt},)
-    return (*system, {"role": "user", "content": user})
+    user = config.prompt_template.format(question=question_text(problem), levels=", ".join(config.levels))
+    return chat(config.system_prompt, user)
 
 
 def judge(teacher: CachedTeacher, problems: list[dict[str, Any]],

@@ -27,7 +27,7 @@ from schemas.tables import TRACES
 from schemas.validate import rejected_table
 from stages.contract import Context, Inputs, Output, StageConfig
 from stages.io import iter_rows, parquet_rows, shard_range
-from stages.prompts import check_template
+from stages.prompts import chat, check_template, lettered, question_text
 from stages.request_cache import RequestCache, request_key
 from stages.teachers import describe, open_backend
 from stages.teachers.base import Backend, Completion, Message, Request, TeacherConfig, TeacherInfo
@@ -66,14 +66,10 @@ def requirements(config: GenerateConfig) -> tuple[tuple[str, str], ...]:
 
 
 def render_messages(problem: dict[str, Any], config: GenerateConfig) -> tuple[Message, ...]:
-    choices = problem.get("choices") or []
-    lettered = "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(choices))
-    question = problem["question"]
-    if choices and "{choices}" not in config.prompt_template:
-        question = f"{question}\n\n{lettered}"
-    user = config.prompt_template.format(question=question, choices=lettered)
-    system = () if config.system_prompt is None else ({"role": "system", "content": config.system_prompt},)
-    return (*system, {"role": "user", "content": user})
+    placed = "{choices}" in config.prompt_template  # else the options follow the question
+    question = problem["question"] if placed else question_text(problem)
+    user = config.prompt_template.format(question=question, choices=lettered(problem.get("choices")))
+    return chat(config.system_prompt, user)
 
 
 @dataclass
@@ -100,7 +96,7 @@ def generate(inputs: Inputs, config: GenerateConfig, ctx: Context, out: Output) 
     template_hash = digest(config.system_prompt, config.prompt_template, length=16)
     teachers = []
     for tc in config.teachers:
-        info, sampling = describe(tc), tc.sampling_params(ctx.seed)
+        info, sampling = describe(tc), tc.output_params(ctx.seed)
         key = digest("teacher", info.backend, info.model, info.revision, sampling, template_hash, length=16)
         teachers.append(_Teacher(tc, info, sampling, key, template_hash))
     bar = tqdm(total=(stop - start) * sum(t.config.samples for t in teachers), unit="sample",

@@ -263,6 +263,25 @@ def _detail(flag: str, row: dict[str, Any], config: ParseConfig) -> str:
     return "the completion is empty"
 
 
+def read_completion(completion: str, reasoning: str | None, answer_type: str | None,
+                    choices: list[str] | None, finish_reason: str | None, think_open: str = "<think>",
+                    think_close: str = "</think>", fallback: str | None = None,
+                    ) -> tuple[str, str, str | None, list[str]]:
+    """(reasoning, answer, final answer, flags) of one completion: what parse does to every trace,
+    and what rewrite does to every rewrite. ``fallback`` is a final answer the row already had."""
+    reasoning, answer, flags = split_reasoning(completion, reasoning, think_open, think_close)
+    final = extract_final_answer(answer, answer_type, choices)
+    if final is None and "no_reasoning_tags" in flags:
+        final = extract_final_answer(completion, answer_type, choices)
+    if final is None and isinstance(fallback, str) and fallback.strip():
+        final = fallback.strip()
+    if finish_reason == "length":
+        flags.append("truncated")
+    if final is None:
+        flags.append("empty_answer")
+    return reasoning, answer, final, flags
+
+
 def parse(batch: pa.Table, config: ParseConfig, ctx: Context, problems: pa.Table) -> Result:
     """Parse every trace of a batch; ``problems`` gives each trace's answer type and choices.
 
@@ -279,18 +298,10 @@ def parse(batch: pa.Table, config: ParseConfig, ctx: Context, problems: pa.Table
         completion = row.get("completion") or ""
         if not completion.strip() and (row.get("answer") or "").strip():
             completion = row["answer"]
-        reasoning, answer, flags = split_reasoning(completion, row.get("reasoning"), config.think_open,
-                                                   config.think_close)
         answer_type, choices = lookup.get(row.get("problem_id"), (None, None))
-        final = extract_final_answer(answer, answer_type, choices)
-        if final is None and "no_reasoning_tags" in flags:
-            final = extract_final_answer(completion, answer_type, choices)
-        if final is None and isinstance(row.get("final_answer"), str) and row["final_answer"].strip():
-            final = row["final_answer"].strip()
-        if row.get("finish_reason") == "length":
-            flags.append("truncated")
-        if final is None:
-            flags.append("empty_answer")
+        reasoning, answer, final, flags = read_completion(
+            completion, row.get("reasoning"), answer_type, choices, row.get("finish_reason"),
+            config.think_open, config.think_close, fallback=row.get("final_answer"))
         row.update(reasoning=reasoning, answer=answer, final_answer=final,
                    flags=sorted({*(row.get("flags") or []), *flags}))
     if rows:

@@ -21,3 +21,19 @@ def check_template(template: str, known: Set[str], required: Set[str] = frozense
     if missing:
         raise ValueError(f"{what}: must contain {', '.join('{' + m + '}' for m in sorted(missing))}")
     return template
+
+
+def lettered(choices: list[str] | None) -> str:
+    """Options as "A. ...", one a line: the letters checkers and parse read back."""
+    return "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(choices or []))
+
+
+def question_text(problem: dict) -> str:
+    """The question as a teacher sees it: a choice problem's options follow it."""
+    options = lettered(problem.get("choices"))
+    return f"{problem['question']}\n\n{options}" if options else problem["question"]
+
+
+def chat(system: str | None, user: str) -> tuple[dict[str, str], ...]:
+    return (*(() if system is None else ({"role": "system", "content": system},)),
+            {"role": "user", "content": user})

@@ -23,8 +23,10 @@ from stages.teachers.base import Completion, TeacherInfo
 
 
 def request_key(info: TeacherInfo, messages: Sequence[Mapping[str, str]], sampling: Mapping[str, Any],
-                index: int) -> str:
-    return digest("request", info.backend, info.model, info.revision, list(messages), dict(sampling), index)
+                index: int, choices: Sequence[str] | None = None) -> str:
+    """``sampling`` is the teacher's ``output_params``; a constrained request's choices shape its reply."""
+    parts = [info.backend, info.model, info.revision, list(messages), dict(sampling), index]
+    return digest("request", *parts, *([list(choices)] if choices else []))
 
 
 class RequestCache:

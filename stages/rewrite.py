@@ -36,11 +36,11 @@ from stages.checkers import get_checker
 from stages.checkers.base import Check, CheckItem
 from stages.contract import Context, Inputs, Output, StageConfig
 from stages.io import iter_rows, parquet_rows, shard_range
-from stages.parse import extract_final_answer, split_reasoning
-from stages.prompts import check_template
+from stages.parse import read_completion
+from stages.prompts import check_template, question_text
 from stages.teachers.base import Completion, Request, TeacherConfig
-from stages.teachers.cached import CachedTeacher
-from stages.verify import VerifyConfig
+from stages.teachers.cached import CachedTeacher, one_answer_teacher
+from stages.verify import VerifyConfig, is_verified
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 TEMPLATE_FIELDS = {"question", "reasoning", "reference", "budget"}
@@ -72,7 +72,7 @@ DEFAULT_BUDGETS = {"easy": 256, "medium": 512, "hard": 1024}
 STRICT_SUFFIX = ("Your previous rewrite was too long. Stay under {budget} tokens: cut repetition and "
                  "side remarks.")
 REFERENCE_SENTENCE = "The reference answer is {answer}; the rewrite must reach this same final answer.\n\n"
-Reason = Literal["no_final_answer", "over_budget", "answer_changed"]
+Reason = Literal["no_final_answer", "over_budget", "answer_changed", "not_shorter"]
 
 
 class RewriteConfig(StageConfig):
@@ -99,6 +99,11 @@ class RewriteConfig(StageConfig):
     checkers: VerifyConfig = Field(default_factory=lambda: VerifyConfig(require_format=False),
                                    description="routing and checker settings for re-verification")
     traces_per_part: int = Field(256, gt=0, description="traces per output part")
+
+    @field_validator("teacher")
+    @classmethod
+    def _one_answer(cls, teacher):
+        return teacher if teacher is None else one_answer_teacher(teacher)
 
     @field_validator("budgets")
     @classmethod
@@ -214,12 +219,6 @@ def _read_problems(files: list[str]) -> dict[str, dict[str, Any]]:
     return by_id
 
 
-def _question(problem: dict[str, Any]) -> str:
-    choices = problem.get("choices") or []
-    lettered = "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(choices))
-    return f"{problem['question']}\n\n{lettered}" if choices else problem["question"]
-
-
 def _schema(schema: pa.Schema) -> pa.Schema:
     """The input's schema, with the TRACES columns a rewrite fills added where the input lacks them."""
     for f in TRACES:
@@ -256,15 +255,18 @@ def _part(chunk: pa.Table, problems: dict[str, dict], config: RewriteConfig, ctx
     for i, row in enumerate(rows):
         problem = problems.get(row.get("problem_id"))
         # teacher samples and reference solutions alike; never a rewrite of a rewrite
-        if row.get("verified") is not True or row.get("variant") == "concise" or problem is None:
-            continue  # not ours to rewrite: unverified, a rewrite already, or no problem to check against
+        if row.get("verified") is not True or row.get("variant") == "concise" or problem is None \
+                or problem.get("answer_type") == "code":
+            continue  # not ours: unverified, a rewrite already, no problem to check against, or a program
         level = config.level(problem.get("difficulty"))
         thash = template_hash(config.template(level))
         tokens = row.get("reasoning_tokens")
         if tokens is None:
             tokens = ctx.tokenizer.count([row.get("reasoning") or ""])[0] or 0
-        attempts[i] = _Attempt(row, problem, level, config.budget(level), thash,
-                               digest("rewrite", row["trace_id"], thash, length=32), tokens)
+        budget = config.budget(level)
+        rewrite_id = digest("rewrite", row["trace_id"], thash, teacher.info.__dict__, teacher.sampling,
+                            budget, config.include_reference, config.strict_suffix, length=32)
+        attempts[i] = _Attempt(row, problem, level, budget, thash, rewrite_id, tokens)
     if not attempts:
         return rows, [], 0
 
@@ -276,29 +278,31 @@ def _part(chunk: pa.Table, problems: dict[str, dict], config: RewriteConfig, ctx
 
     checks = _recheck([a for a in attempts.values() if a.parsed["final_answer"] is not None
                        and not over_budget(a.parsed["reasoning_tokens"], a.budget, config.tolerance)], config)
-    kept: dict[int, dict] = {}
+    output: list[dict] = []
     rejected: list[dict] = []
+    written: dict[int, list[dict]] = {}
     for i, a in attempts.items():
-        stats = levels.setdefault(a.level, {"attempted": 0, "kept": 0, "tokens_before": 0, "tokens_after": 0,
+        stats = levels.setdefault(a.level, {"attempted": 0, "kept": 0, "tokens_before": 0,
+                                            "tokens_before_kept": 0, "tokens_after": 0,
                                             "rejected": Counter()})
         stats["attempted"] += 1
         stats["tokens_before"] += a.original_tokens
         row, reason, detail = _outcome(a, checks.get(id(a)), config, teacher)
+        written[i] = choose(config.keep, a.row, row if reason is None else None, a.original_tokens)
+        if reason is None and row not in written[i]:  # verified, but no shorter than the original
+            reason, detail = "not_shorter", (f"{row['reasoning_tokens']} reasoning tokens, the original has "
+                                             f"{a.original_tokens}")
         if reason is None:
-            kept[i] = row
             stats["kept"] += 1
+            stats["tokens_before_kept"] += a.original_tokens
             stats["tokens_after"] += row["reasoning_tokens"]
         else:
             stats["rejected"][reason] += 1
             rejected.append({"table": "traces", "reason": reason, "detail": detail,
                              "problem_id": a.row.get("problem_id"), "trace_id": a.row["trace_id"],
                              "related_id": a.rewrite_id, "row": row})
-    output = []
     for i, row in enumerate(rows):
-        if i in attempts:
-            output.extend(choose(config.keep, row, kept.get(i), attempts[i].original_tokens))
-        else:
-            output.append(row)
+        output.extend(written.get(i, [row]))
     return output, rejected, len(again)
 
 
@@ -309,19 +313,16 @@ def _round(attempts: list[_Attempt], config: RewriteConfig, ctx: Context, teache
     requests = []
     for a in attempts:
         reference = a.problem.get("answer")
-        prompt = build_prompt(config, a.level, _question(a.problem), a.row.get("reasoning") or "", reference,
-                              strict=strict)
+        prompt = build_prompt(config, a.level, question_text(a.problem), a.row.get("reasoning") or "",
+                              reference, strict=strict)
         requests.append(Request(a.row["trace_id"], ({"role": "user", "content": prompt},), (index,)))
     found = teacher.complete(requests)
     for a in attempts:
         a.index, a.completion = index, found[(a.row["trace_id"], index)]
-        reasoning, answer, flags = split_reasoning(a.completion.text, a.completion.reasoning, THINK_OPEN,
-                                                   THINK_CLOSE)
-        answer_type, choices = a.problem.get("answer_type"), a.problem.get("choices")
-        final = extract_final_answer(answer, answer_type, choices)
-        if final is None and "no_reasoning_tags" in flags:
-            final = extract_final_answer(a.completion.text, answer_type, choices)
-        a.parsed = {"reasoning": reasoning, "answer": answer, "final_answer": final}
+        reasoning, answer, final, flags = read_completion(
+            a.completion.text, a.completion.reasoning, a.problem.get("answer_type"),
+            a.problem.get("choices"), a.completion.finish_reason, THINK_OPEN, THINK_CLOSE)
+        a.parsed = {"reasoning": reasoning, "answer": answer, "final_answer": final, "flags": sorted(flags)}
     counts = ctx.tokenizer.count([a.parsed["reasoning"] for a in attempts]
                                  + [a.parsed["answer"] for a in attempts])
     for a, nr, na in zip(attempts, counts[:len(attempts)], counts[len(attempts):], strict=True):
@@ -362,7 +363,7 @@ def _outcome(a: _Attempt, checked: tuple[Any, Check] | None, config: RewriteConf
                     "sampling_params": canonical_json(teacher.sampling),
                     "seed": teacher.sampling["seed"] + a.index, "prompt_template_hash": a.template_hash},
         "completion": c.text, "reasoning": p["reasoning"], "answer": p["answer"],
-        "final_answer": p["final_answer"], "finish_reason": c.finish_reason, "flags": [],
+        "final_answer": p["final_answer"], "finish_reason": c.finish_reason, "flags": p["flags"],
         "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
         "reasoning_tokens": p["reasoning_tokens"], "answer_tokens": p["answer_tokens"],
         "rewrite": {"model": info.model, "template": a.template_hash, "difficulty": a.level,
@@ -380,7 +381,7 @@ def _outcome(a: _Attempt, checked: tuple[Any, Check] | None, config: RewriteConf
     row.update(verdict=check.verdict, score=float(check.score),
                check_details=canonical_json({"answer": {"checker": checker.name, "reason": check.reason,
                                                         **dict(check.details)}}))
-    if check.verdict != "pass":
+    if not is_verified(check.verdict, check.score, checker.name, config.checkers):
         row["check_reason"] = check.reason or check.verdict
         return row, "answer_changed", (f"rewrite answered {p['final_answer']!r}, expected {_gold(a)!r}"
                                        + (f" ({check.reason})" if check.reason else ""))

@@ -99,7 +99,7 @@ def verify(batch: pa.Table, config: VerifyConfig, ctx: Context, problems: pa.Tab
         checker = _JUDGES[_judge_key(config.judge, ctx)] if name == "judge" else \
             get_checker(name, getattr(config, name))
         verdict = "pseudo_pass" if pseudo[i] and check.verdict == "pass" else check.verdict
-        verified = _verified(verdict, check.score, name, config)
+        verified = is_verified(verdict, check.score, name, config)
         reason = None if verified else (check.reason or verdict)
         if config.require_format and formats[i].verdict != "pass":
             reason = f"format: {formats[i].reason}" if verified else reason
@@ -148,7 +148,7 @@ def _judge(rows: list[dict], items: list[CheckItem], answers: list, config: Judg
         answers[i] = ("judge", check)
 
 
-def _verified(verdict: str, score: float, checker: str, config: VerifyConfig) -> bool:
+def is_verified(verdict: str, score: float, checker: str, config: VerifyConfig) -> bool:
     if verdict == "pass":
         return checker != "code" or score >= config.code_threshold
     if checker == "code" and verdict == "fail":

@@ -20,7 +20,6 @@ import pytest
 from pydantic import ValidationError
 from support.openai_fakes import ScriptedOpenAIServer, assert_no_teacher_threads, chat_reply
 
-from schemas.ids import digest
 from schemas.tables import PROBLEMS, TRACES
 from stages.rewrite import (
     DEFAULT_TEMPLATES,
@@ -241,8 +240,11 @@ def test_each_trace_takes_its_path(server, inputs, tmp_path):
     assert "The reference answer is 8" in hard_prompt
 
     hashes = {level: template_hash(DEFAULT_TEMPLATES[level]) for level in BUDGETS}
-    rid = {k: digest("rewrite", f"t{k}", hashes[lvl], length=32)
-           for k, lvl in ((1, "easy"), (2, "medium"), (3, "hard"), (4, "medium"), (5, "easy"))}
+    # a rewrite's id: its own, stable (checked by the re-run below), naming no input trace
+    kept_ids = {r["parent_trace_id"]: r["trace_id"] for r in out.rows if r.get("variant") == "concise"}
+    tried_ids = {r["trace_id"]: r["related_id"] for r in out.rejected}
+    rid = {k: kept_ids.get(f"t{k}") or tried_ids[f"t{k}"] for k in range(1, 6)}
+    assert len(set(rid.values())) == 5 and not set(rid.values()) & {f"t{k}" for k in range(1, 8)}
     got = [(r["reason"], r["trace_id"], r["related_id"], r["problem_id"], r["table"]) for r in out.rejected]
     assert got == [
         ("over_budget", "t3", rid[3], "p3", "traces"), ("answer_changed", "t4", rid[4], "p4", "traces"),
@@ -278,11 +280,12 @@ def test_each_trace_takes_its_path(server, inputs, tmp_path):
 
     stats = out.collected
     assert stats["levels"] == {
-        "easy": {"attempted": 2, "kept": 1, "tokens_before": 100, "tokens_after": 5,
+        "easy": {"attempted": 2, "kept": 1, "tokens_before": 100, "tokens_before_kept": 50, "tokens_after": 5,
                  "rejected": {"no_final_answer": 1}},
-        "hard": {"attempted": 1, "kept": 0, "tokens_before": 50, "tokens_after": 0,
+        "hard": {"attempted": 1, "kept": 0, "tokens_before": 50, "tokens_before_kept": 0, "tokens_after": 0,
                  "rejected": {"over_budget": 1}},
-        "medium": {"attempted": 2, "kept": 1, "tokens_before": 100, "tokens_after": 8,
+        "medium": {"attempted": 2, "kept": 1, "tokens_before": 100, "tokens_before_kept": 50,
+                   "tokens_after": 8,
                    "rejected": {"answer_changed": 1}},
     }
     assert stats["retried"] == 2

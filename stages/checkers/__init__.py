@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import atexit
 import importlib
-import json
 from typing import Any
 
+from schemas.ids import canonical_json
 from stages.checkers.base import Checker
 
 # name -> (module, checker class); each class takes its config model
@@ -24,7 +24,7 @@ _OPEN: dict[tuple[str, str], Checker] = {}
 
 def get_checker(name: str, config: Any) -> Checker:
     """One checker per (name, config) per process: its memo and child processes outlive a batch."""
-    key = (name, json.dumps(config.model_dump(mode="json"), sort_keys=True))
+    key = (name, canonical_json(config.model_dump(mode="json")))
     if key not in _OPEN:
         module, cls = CHECKERS[name]
         _OPEN[key] = getattr(importlib.import_module(module), cls)(config)

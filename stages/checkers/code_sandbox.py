@@ -133,12 +133,14 @@ from typing import Any, BinaryIO, Literal
 
 from pydantic import Field
 
+from schemas.ids import canonical_json, digest
 from stages.checkers.base import Check, CheckItem
 from stages.contract import StageConfig
 
 SANDBOX_UID = 65534  # inside the sandbox, and outside when this process is root ("nobody")
 WORKDIR = "/sandbox"
 NOFILE = 256
+_MEMO_LIMIT = 100_000
 RESULT_MARKER = "\x1etracefoundry-result\x1e"
 # The variables the sandboxed program sees; bwrap itself gets only PATH and LANG.
 SANDBOX_ENV = {"PATH": "/usr/bin:/bin", "HOME": WORKDIR, "TMPDIR": WORKDIR, "LANG": "C.UTF-8",
@@ -434,11 +436,18 @@ class Sandbox:
         cpu = max(1, math.ceil(self.config.cpu_s))
         memory = self.config.memory_mb << 20
         fsize = self.config.max_file_mb << 20
-        nofile_hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        nofile = NOFILE if nofile_hard == resource.RLIM_INFINITY else min(NOFILE, nofile_hard)
-        limits = [(resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (memory, memory)),
-                  (resource.RLIMIT_FSIZE, (fsize, fsize)), (resource.RLIMIT_NOFILE, (nofile, nofile)),
-                  (resource.RLIMIT_CORE, (0, 0))]
+
+        def within_hard(which: int, soft: int, hard: int) -> tuple[int, int]:
+            """A user under hard ulimits (Slurm, CI) cannot raise them: stay within, never fail."""
+            ceiling = resource.getrlimit(which)[1]
+            if ceiling == resource.RLIM_INFINITY:
+                return soft, hard
+            return min(soft, ceiling), min(hard, ceiling)
+
+        limits = [(which, within_hard(which, *value)) for which, value in (
+            (resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (memory, memory)),
+            (resource.RLIMIT_FSIZE, (fsize, fsize)), (resource.RLIMIT_NOFILE, (NOFILE, NOFILE)),
+            (resource.RLIMIT_CORE, (0, 0)))]
 
         def apply() -> None:
             for which, value in limits:
@@ -472,7 +481,7 @@ class Sandbox:
             pipe = subprocess.PIPE
             proc = subprocess.Popen(cmd, stdin=pipe, stdout=pipe, stderr=pipe, pass_fds=fds, env=_HOST_ENV,
                                     start_new_session=True, preexec_fn=self._preexec(), **user)
-        except OSError as e:
+        except (OSError, subprocess.SubprocessError) as e:  # SubprocessError: the limits could not be set
             for fd in [*fds, status_r]:
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -566,7 +575,7 @@ class Sandbox:
         """
         if self.problem is not None:
             return f"sandbox unavailable: {self.problem}"
-        key = (json.dumps(self.config.model_dump(exclude={"concurrency"}), sort_keys=True), self.as_root,
+        key = (canonical_json(self.config.model_dump(exclude={"concurrency"})), self.as_root,
                tuple(self.prefixes), bool(self._staged))
         with _STATUS_LOCK:
             found, when = _STATUS.get(key, ("never tried", -math.inf))
@@ -717,7 +726,7 @@ class CodeChecker:
     def __init__(self, config: CodeConfig | None = None) -> None:
         self.config = config or CodeConfig()
         self.sandbox = Sandbox(self.config)
-        self._memo: dict[tuple[str, str], Check] = {}
+        self._memo: dict[str, Check] = {}  # by digest(program, tests): test documents can be megabytes
         self._pool: ThreadPoolExecutor | None = None
         self.stats: dict[str, int] = dict.fromkeys(("items", "memo_hits", "runs"), 0)
 
@@ -743,9 +752,9 @@ class CodeChecker:
                 checks[i] = Check("error", 0.0, "no tests")
             elif not item.prediction or not item.prediction.strip():
                 checks[i] = Check("fail", 0.0, "no program (no code block in the answer)")
-            elif (key := (item.prediction, item.tests)) in self._memo:
+            elif (key := (item.prediction, item.tests)) and digest(*key) in self._memo:
                 self.stats["memo_hits"] += 1
-                checks[i] = self._memo[key]
+                checks[i] = self._memo[digest(*key)]
             else:
                 todo.setdefault(key, []).append(i)
         if todo:
@@ -760,14 +769,17 @@ class CodeChecker:
             return {key: Check("error", 0.0, problem) for key in keys}
         done: dict[tuple[str, str], Check] = {}
         jobs: list[tuple[tuple[str, str], Suite, int]] = []
+        suites: dict[str, Suite | str] = {}  # each test document parsed once, however many programs
         for key in keys:
-            try:
-                tests = parse_tests(key[1])
-            except ValueError as e:
-                done[key] = self._memo[key] = Check("error", 0.0, f"bad tests: {e}"[:200])
-                continue
-            if not tests.cases:
-                done[key] = self._memo[key] = Check("error", 0.0, "no test cases")
+            if key[1] not in suites:
+                try:
+                    suites[key[1]] = parse_tests(key[1])
+                except ValueError as e:
+                    suites[key[1]] = f"bad tests: {e}"[:200]
+            tests = suites[key[1]]
+            if isinstance(tests, str) or not tests.cases:
+                done[key] = self._remember(key, Check("error", 0.0, tests if isinstance(tests, str)
+                                                      else "no test cases"))
                 continue
             jobs += [(key, tests, j) for j in range(len(tests.cases))]
         if self._pool is None:
@@ -780,8 +792,14 @@ class CodeChecker:
         for key, cases in results.items():
             done[key] = _summary(cases)
             if not any((c.reason or "").startswith("sandbox_error") for c in cases):
-                self._memo[key] = done[key]
+                self._remember(key, done[key])
         return done
+
+    def _remember(self, key: tuple[str, str], check: Check) -> Check:
+        if len(self._memo) >= _MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[digest(*key)] = check
+        return check
 
     def _run_case(self, program: str, tests: Suite, j: int) -> CaseResult:
         case = tests.cases[j]

@@ -16,12 +16,12 @@ import re
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from stages.checkers.base import Check, CheckItem
 from stages.contract import StageConfig
 from stages.teachers.base import Completion, Request, TeacherConfig
-from stages.teachers.cached import CachedTeacher
+from stages.teachers.cached import CachedTeacher, one_answer_teacher
 
 PROMPT = """You are grading a student's final answer against the reference answer.
 
@@ -48,6 +48,11 @@ class JudgeConfig(StageConfig):
         default_factory=lambda: ["unparsable", "no_answer"],
         description="which failures go to the judge: the checker could not read the prediction, or "
         "parse found no final answer")
+
+    @field_validator("teacher")
+    @classmethod
+    def _one_answer(cls, teacher):
+        return teacher if teacher is None else one_answer_teacher(teacher)
 
 
 class JudgeChecker:

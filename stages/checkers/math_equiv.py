@@ -278,6 +278,10 @@ def _child_main(conn: Any, settings: dict[str, Any], fault: Callable[[str, str],
             signal.setitimer(signal.ITIMER_REAL, 0)
         return result
 
+    # parse and verify once before "ready": ANTLR and sympy set up lazily, and that cost must not
+    # count against the first real pair's timer (on a loaded machine it would read as a timeout)
+    with contextlib.suppress(Exception):
+        verify(parse_cached("$1/2$"), parse_cached("$0.5$"), timeout_seconds=None)
     conn.send("ready")
     while True:
         try:
@@ -514,15 +518,19 @@ class MathChecker:
         self.stats["pairs_verified"] += len(pairs)
         wait = self.config.timeout_s + _FLUSH_S + max(self.slack_s, self.config.timeout_s)
         answers: list[tuple[str, str | None]] = []
-        while len(answers) < len(pairs):
-            try:
-                if not self._conn.poll(wait):
-                    self._failed("timeout")
+        try:
+            while len(answers) < len(pairs):
+                try:
+                    if not self._conn.poll(wait):
+                        self._failed("timeout")
+                        return answers
+                    answers.extend(self._conn.recv())
+                except (EOFError, OSError):
+                    self._failed("crash")
                     return answers
-                answers.extend(self._conn.recv())
-            except (EOFError, OSError):
-                self._failed("crash")
-                return answers
+        except BaseException:  # Ctrl-C mid-request: the child's late answers must never answer the next one
+            self._kill()
+            raise
         return answers
 
     def _failed(self, what: str) -> None:

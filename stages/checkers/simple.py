@@ -7,7 +7,6 @@ cost more than it saves. Like every checker they never raise: a reference they c
 
 from __future__ import annotations
 
-import math
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -189,6 +188,10 @@ _UNIT_TAIL = re.compile(
     r"(?<=[\d}.])\s*(?:(?:\\(?:text|mbox|mathrm)\s*\{[^{}]*\}|[A-Za-z]{2,}\.?)(?:\s*\^\s*\d)?\s*)+$")
 
 
+_NOT_UNITS = {"pi", "sqrt", "frac", "hundred", "thousand", "million", "billion", "trillion", "e", "i", "ln",
+              "log", "sin", "cos", "tan", "infty", "times", "cdot"}
+
+
 def parse_number(answer: str | None) -> Fraction | float | None:
     """The number an answer states, exactly where possible, or None.
 
@@ -205,8 +208,11 @@ def parse_number(answer: str | None) -> Fraction | float | None:
     text = re.sub(r"\\%|%|\s*\bpercent\b", "", text).strip()
     text = re.sub(r"^(?:\\\$|\$|US\$|€|£|¥)\s*", "", text)
     text = re.sub(r"^([+-])\s*(?:\\\$|\$)\s*", r"\1", text)  # -$5
-    for _ in range(3):  # "5\text{ cm}^2", "12 sq ft"
-        text = _UNIT_TAIL.sub("", text).strip()
+    for _ in range(3):  # "5\text{ cm}^2", "12 sq ft"; but "3pi" and "10 million" are other numbers
+        tail = _UNIT_TAIL.search(text)
+        if tail is None or _NOT_UNITS & set(re.findall(r"[a-z]+", tail.group(0).lower())):
+            break
+        text = text[:tail.start()].strip()
     text = _unwrap(text)
     if _THOUSANDS.fullmatch(text):
         text = re.sub(r",|\{,\}|\\,", "", text)
@@ -259,11 +265,13 @@ class NumericChecker:
         pred = parse_number(item.prediction)
         if pred is None:
             return Check("fail", 0.0, "prediction is not a number")
-        if pred == gold or math.isclose(float(pred), float(gold), rel_tol=self.config.rel_tol,
-                                        abs_tol=self.config.abs_tol):
+        # exact arithmetic: math.isclose's rule without float overflow on huge or tiny numbers
+        tolerance = max(Fraction(self.config.rel_tol) * max(abs(pred), abs(gold)),
+                        Fraction(self.config.abs_tol))
+        if abs(pred - gold) <= tolerance:
             return _PASS
         return Check("fail", 0.0, "not equal within tolerance",
-                     {"prediction": float(pred), "gold": float(gold)})
+                     {"prediction": str(pred)[:60], "gold": str(gold)[:60]})
 
     def close(self) -> None:
         pass

@@ -127,11 +127,20 @@ class SamplingConfig(StageConfig):
 
 
 class TeacherBase(SamplingConfig):
+    """Sampling plus a teacher's identity. ``output_params`` is what cache keys, trace ids and
+    provenance record: the sampling parameters and every backend setting that shapes the reply."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="a label for reports")
     samples: int = Field(1, gt=0, description="samples per problem")
     budget: int | None = Field(
         None, gt=0, description="maximum completion tokens this teacher may spend on the stage; "
         "problems past it are rejected as budget_exhausted (raise it and re-run to continue)")
+
+    def output_params(self, base_seed: int) -> dict[str, Any]:
+        return {**self.sampling_params(base_seed), **self._shaping()}
+
+    def _shaping(self) -> dict[str, Any]:
+        return {}
 
 
 class LlamaCppTeacher(TeacherBase):
@@ -140,6 +149,9 @@ class LlamaCppTeacher(TeacherBase):
     n_ctx: int = Field(2048, gt=0)
     n_threads: int | None = Field(None, gt=0, description="default: all cores")
     chat_format: str | None = Field(None, description="default: the template stored in the GGUF")
+
+    def _shaping(self) -> dict[str, Any]:
+        return {"n_ctx": self.n_ctx, "chat_format": self.chat_format}
 
 
 class OpenAITeacher(TeacherBase):
@@ -158,6 +170,9 @@ class OpenAITeacher(TeacherBase):
     tokens_per_minute: float | None = Field(None, gt=0)
     extra_body: dict[str, Any] = Field(default_factory=dict, description="sent as-is (server options)")
 
+    def _shaping(self) -> dict[str, Any]:
+        return {"extra_body": self.extra_body} if self.extra_body else {}
+
 
 class VLLMTeacher(TeacherBase):
     backend: Literal["vllm"] = "vllm"
@@ -173,6 +188,10 @@ class VLLMTeacher(TeacherBase):
     trust_remote_code: bool = False
     chunk_size: int = Field(512, gt=0, description="prompts per LLM.chat call; results are cached per "
                             "chunk, so a killed run loses at most one chunk")
+
+    def _shaping(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "max_model_len": self.max_model_len,
+                "chat_template": self.chat_template}
 
 
 TeacherConfig = LlamaCppTeacher | OpenAITeacher | VLLMTeacher

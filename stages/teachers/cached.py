@@ -8,28 +8,32 @@ The generate stage keeps its own loop because of its budget cut; everything else
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from stages.request_cache import RequestCache, request_key
 from stages.teachers import describe, open_backend
 from stages.teachers.base import Backend, Completion, Request, TeacherConfig
 
 
+def one_answer_teacher(config: TeacherConfig) -> TeacherConfig:
+    """A teacher asked questions (judge, difficulty, rewrite) gives one answer each: ``samples`` and
+    ``budget`` are generation settings, refused here rather than silently ignored."""
+    if config.samples != 1 or config.budget is not None:
+        raise ValueError(f"teacher '{config.name}': samples and budget are generate's settings; "
+                         "this stage asks one answer per question")
+    return config
+
+
 class CachedTeacher:
     def __init__(self, config: TeacherConfig, request_cache: str, seed: int, purpose: str):
-        self.config, self.seed, self.purpose = config, seed, purpose
+        self.config, self.seed, self.purpose = one_answer_teacher(config), seed, purpose
         self.cache = RequestCache(request_cache)
         self.info = describe(config)
-        self.sampling = config.sampling_params(seed)
+        self.sampling = config.output_params(seed)
         self.backend: Backend | None = None
         self.stats = {"requests": 0, "cached": 0, "generated": 0, "generated_tokens": 0}
 
     def key(self, request: Request, index: int) -> str:
-        """A constrained request is a different request: the choices are part of its key."""
-        sampling: dict[str, Any] = dict(self.sampling)
-        if request.choices:
-            sampling["choices"] = list(request.choices)
-        return request_key(self.info, request.messages, sampling, index)
+        return request_key(self.info, request.messages, self.sampling, index, request.choices)
 
     def complete(self, requests: Sequence[Request]) -> dict[tuple[str, int], Completion]:
         """Completions by (request id, index); request ids must be unique within the call."""
