@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
@@ -44,8 +44,8 @@ from schemas.tables import PROBLEMS
 from stages.contract import Context, Inputs, Output, StageConfig
 from stages.io import iter_rows, parquet_rows, shard_range
 from stages.prompts import chat, check_template, question_text
-from stages.teachers.base import Message, Request, TeacherConfig, read_choice
-from stages.teachers.cached import CachedTeacher, one_answer_teacher
+from stages.teachers.base import Message, Request, read_choice
+from stages.teachers.cached import CachedTeacher, OneAnswerTeacher
 
 UNKNOWN = "unknown"
 DEFAULT_TEMPLATE = (
@@ -57,7 +57,7 @@ Source = Literal["empirical", "judged", "fallback"]
 
 
 class DifficultyConfig(StageConfig):
-    teacher: Annotated[TeacherConfig, Field(discriminator="backend")] | None = Field(
+    teacher: OneAnswerTeacher | None = Field(
         None, description="judges each problem; None: pass rates only (see stages.teachers.base)")
     levels: list[str] = Field(["easy", "medium", "hard"], description="ordered easy -> hard; at least 2")
     prompt_template: str = Field(DEFAULT_TEMPLATE, description="the user message; fields {question} "
@@ -75,11 +75,6 @@ class DifficultyConfig(StageConfig):
                                  "(default: the middle level)")
     problems_per_part: int = Field(64, gt=0, description="problems per output part and per batch of "
                                    "judgements sent together")
-
-    @field_validator("teacher")
-    @classmethod
-    def _one_answer(cls, teacher):
-        return teacher if teacher is None else one_answer_teacher(teacher)
 
     @field_validator("levels")
     @classmethod

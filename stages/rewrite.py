@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,8 +38,8 @@ from stages.contract import Context, Inputs, Output, StageConfig
 from stages.io import iter_rows, parquet_rows, shard_range
 from stages.parse import read_completion
 from stages.prompts import check_template, question_text
-from stages.teachers.base import Completion, Request, TeacherConfig
-from stages.teachers.cached import CachedTeacher, one_answer_teacher
+from stages.teachers.base import Completion, Request
+from stages.teachers.cached import CachedTeacher, OneAnswerTeacher
 from stages.verify import VerifyConfig, is_verified
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -76,7 +76,7 @@ Reason = Literal["no_final_answer", "over_budget", "answer_changed", "not_shorte
 
 
 class RewriteConfig(StageConfig):
-    teacher: Annotated[TeacherConfig, Field(discriminator="backend")] = Field(
+    teacher: OneAnswerTeacher = Field(
         description="the model that rewrites; see stages.teachers.base for options")
     budgets: dict[str, int] = Field(
         default_factory=lambda: dict(DEFAULT_BUDGETS),
@@ -99,11 +99,6 @@ class RewriteConfig(StageConfig):
     checkers: VerifyConfig = Field(default_factory=lambda: VerifyConfig(require_format=False),
                                    description="routing and checker settings for re-verification")
     traces_per_part: int = Field(256, gt=0, description="traces per output part")
-
-    @field_validator("teacher")
-    @classmethod
-    def _one_answer(cls, teacher):
-        return teacher if teacher is None else one_answer_teacher(teacher)
 
     @field_validator("budgets")
     @classmethod

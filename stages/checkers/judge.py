@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from stages.checkers.base import Check, CheckItem
 from stages.contract import StageConfig
-from stages.teachers.base import Completion, Request, TeacherConfig
-from stages.teachers.cached import CachedTeacher, one_answer_teacher
+from stages.teachers.base import Completion, Request
+from stages.teachers.cached import CachedTeacher, OneAnswerTeacher
 
 PROMPT = """You are grading a student's final answer against the reference answer.
 
@@ -40,7 +40,7 @@ _LAST_WORD = re.compile(r"([A-Za-z]+)\W*$")
 
 
 class JudgeConfig(StageConfig):
-    teacher: Annotated[TeacherConfig, Field(discriminator="backend")] = Field(
+    teacher: OneAnswerTeacher = Field(
         description="any teacher backend; use temperature 0 and a small max_tokens")
     prompt_template: str = Field(PROMPT, description="fields: {question}, {gold}, {response}")
     response_chars: int = Field(2000, gt=0, description="how much of the end of the response the judge sees")
@@ -48,11 +48,6 @@ class JudgeConfig(StageConfig):
         default_factory=lambda: ["unparsable", "no_answer"],
         description="which failures go to the judge: the checker could not read the prediction, or "
         "parse found no final answer")
-
-    @field_validator("teacher")
-    @classmethod
-    def _one_answer(cls, teacher):
-        return teacher if teacher is None else one_answer_teacher(teacher)
 
 
 class JudgeChecker:

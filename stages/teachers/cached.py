@@ -8,6 +8,9 @@ The generate stage keeps its own loop because of its budget cut; everything else
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
 
 from stages.request_cache import RequestCache, request_key
 from stages.teachers import describe, open_backend
@@ -21,6 +24,11 @@ def one_answer_teacher(config: TeacherConfig) -> TeacherConfig:
         raise ValueError(f"teacher '{config.name}': samples and budget are generate's settings; "
                          "this stage asks one answer per question")
     return config
+
+
+# the teacher field of stages that ask questions: any backend, one answer per question
+OneAnswerTeacher = Annotated[TeacherConfig, Field(discriminator="backend"),
+                             AfterValidator(one_answer_teacher)]
 
 
 class CachedTeacher:
