@@ -2,8 +2,9 @@
 
 Runs a recipe that has a ``rewrite`` stage (by default a small one on the embedded teacher:
 reference solutions of built-in problems, which verify, judged and rewritten by SmolLM2) and
-prints, from the rewrite stage's manifest, per level: reasoning tokens before and after (summed
-over the traces that were attempted and over the rewrites kept) and the share of rewrites kept.
+prints, from the rewrite stage's manifest, per level: reasoning tokens before (of every attempted
+original, and of the originals whose rewrite was kept) and after (of the kept rewrites), and the
+share of rewrites kept.
 The baseline is the originals in the same run.
 
     python bench/rewrite.py                                  # the embedded default; JSON on stdout
@@ -65,7 +66,8 @@ def main() -> None:
     manifest = next(r.manifest for r in reports if r.stage == names[-1])
     levels = manifest.get("stats", {}).get("levels", {})
     result = {"recipe": recipe.name, "rewrite_stage": names[-1], "levels": {
-        level: {"tokens_before": s["tokens_before"], "tokens_after": s["tokens_after"],
+        level: {"tokens_before": s["tokens_before"], "tokens_before_kept": s["tokens_before_kept"],
+                "tokens_after": s["tokens_after"],
                 "kept_share": round(s["kept"] / s["attempted"], 4) if s["attempted"] else None,
                 "attempted": s["attempted"], "kept": s["kept"],
                 "rejected": s.get("rejected", {})}
