@@ -5,13 +5,14 @@ PIP := $(VENV)/bin/pip
 
 .PHONY: setup dry-run test lint
 
-# torch is not a core dependency; when an extra needs it, install the CPU build first:
-#   $(PIP) install torch==2.13.0
+# torch comes with the embed extra (semantic dedup); the CPU build is installed first so pip does
+# not pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip setuptools wheel
 	# llama-cpp-python builds from source once (about 5 minutes on 2 cores); pip caches the wheel
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -e '.[llamacpp,dev]'
+	$(PIP) install torch==2.13.0
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -e '.[llamacpp,embed,dev]'
 	touch $@
 
 setup: $(VENV)/.installed

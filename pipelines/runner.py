@@ -208,6 +208,7 @@ def run_stage(recipe: Recipe, inst: Instance, the_plan: Plan, store: RunDir, opt
         stage_type=stype.name, fingerprint=the_plan.fingerprints[inst.name],
         tokenizer_spec=recipe.model.tokenizer, stage_dir=store.path(inst.name), shard=shard,
         request_cache=options.request_cache or recipe.model.request_cache or store.path("_request_cache"),
+        workers=options.workers or recipe.model.workers,
     )
     inputs = Inputs({table: store.files(src, "part-*.parquet") for table, src in inst.inputs.items()})
     primary = inputs[stype.input_table] if stype.input_table else []
@@ -220,7 +221,7 @@ def run_stage(recipe: Recipe, inst: Instance, the_plan: Plan, store: RunDir, opt
     writer = PartWriter(ctx, TABLES[stype.output_table], bar, write_parts=writes_parts, prefix=prefix)
     try:
         if stype.kind == "batch":
-            _run_batches(inst, ctx, primary, inputs, writer, options.workers or recipe.model.workers,
+            _run_batches(inst, ctx, primary, inputs, writer, ctx.workers,
                          recipe.model.batch_size)
         else:
             stype.fn(inputs, inst.config, ctx, writer)

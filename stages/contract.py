@@ -61,6 +61,7 @@ class Context:
     stage_dir: str
     shard: tuple[int, int] | None = None  # (i, N): this task runs slice i of N (model-calling stages)
     request_cache: str | None = None  # where model-calling stages keep completions (default: in the run)
+    workers: int = 1  # processes a global stage may use for CPU-bound work (the recipe's ``workers``)
 
     @property
     def tokenizer(self):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from stages import (
     consistency,
+    decontaminate,
+    dedup,
     difficulty,
     emit,
     generate,
@@ -49,6 +51,16 @@ register(StageType(
     summary="read existing traces (question + completion/reasoning/answer) to curate them",
 ))
 register(StageType(
+    name="dedup_problems", kind="global", input_table="problems", output_table="problems",
+    config=dedup.DedupConfig, fn=dedup.dedup, requires=dedup.requirements,
+    summary="drop duplicate problems: exact, near (MinHash), semantic (embeddings); also against a release",
+))
+register(StageType(
+    name="decontaminate", kind="batch", input_table="problems", output_table="problems",
+    config=decontaminate.DecontaminateConfig, fn=decontaminate.decontaminate,
+    summary="drop problems found in benchmarks (AIME, MATH-500, GPQA...): word 8-grams and fuzzy matches",
+))
+register(StageType(
     name="reference_traces", kind="batch", input_table="problems", output_table="traces",
     config=reference.ReferenceConfig, fn=reference.reference_traces,
     summary="turn each problem's reference solution into a trace (no teacher needed)",
@@ -84,6 +96,11 @@ register(StageType(
     config=rewrite.RewriteConfig, fn=rewrite.rewrite, requires=rewrite.requirements, shardable=True,
     counts_parent_traces=True,
     summary="rewrite verified traces to a length and structure by difficulty; keep those whose answer holds",
+))
+register(StageType(
+    name="dedup_traces", kind="global", input_table="traces", output_table="traces",
+    config=dedup.DedupConfig, fn=dedup.dedup, requires=dedup.requirements,
+    summary="drop duplicate traces (exact, MinHash); keep the first, shortest verified or highest scored",
 ))
 register(StageType(
     name="emit", kind="global", input_table="traces", output_table="traces", needs=("problems",),

@@ -41,9 +41,10 @@ def test_shards_are_named_and_numbered_like_the_hub_expects(laptop_run):
 def test_sft_rows_are_trl_conversations_with_think_blocks(laptop_run, shards):
     sft, _ = shards
     manifest = RunDir(str(laptop_run.run_dir)).manifest("emit")
-    rewritten = RunDir(str(laptop_run.run_dir)).manifest("rewrite")["rows_out"]
-    assert sum(len(s) for s in sft.values()) == manifest["rows_out"] == rewritten >= 2 * laptop_run.sample
-    parsed = pl.read_parquet(laptop_run.run_dir / "rewrite" / "*.parquet").to_dicts()
+    deduped = RunDir(str(laptop_run.run_dir)).manifest("dedup_traces")
+    assert sum(len(s) for s in sft.values()) == manifest["rows_out"] == deduped["rows_out"]
+    assert deduped["rows_in"] >= 2 * laptop_run.sample
+    parsed = pl.read_parquet(laptop_run.run_dir / "dedup_traces" / "*.parquet").to_dicts()
     parsed = {r["trace_id"]: r for r in parsed}
     for row in sft["train"]:
         assert [m["role"] for m in row["messages"]] == ["user", "assistant"]

@@ -41,7 +41,7 @@ def test_good_recipe_resolves_tables():
     assert recipe.instances["emit"].config.test_size == 0.2
 
 
-@pytest.mark.parametrize("name", ["laptop"])
+@pytest.mark.parametrize("name", ["laptop", "math_long_cot", "code_long_cot"])
 def test_shipped_recipes_load(name):
     recipe = load_recipe(files("pipelines.recipes") / f"{name}.yaml")
     assert recipe.name == name

@@ -39,8 +39,8 @@ def statuses(reports) -> dict[str, str]:
 
 def test_every_manifest_keeps_the_accounting_contract(laptop_run):
     manifests = RunDir(str(laptop_run.run_dir)).manifests()
-    assert set(manifests) == {"ingest", "generate", "parse", "verify", "consistency", "difficulty", "rewrite",
-                              "emit"}
+    assert set(manifests) == {"ingest", "dedup_problems", "generate", "parse", "verify", "consistency",
+                              "difficulty", "rewrite", "dedup_traces", "emit"}
     for name, m in manifests.items():
         assert set(m) >= REQUIRED, name
         assert sum(m["rejected_by_reason"].values()) == m["rows_rejected"]
@@ -49,7 +49,10 @@ def test_every_manifest_keeps_the_accounting_contract(laptop_run):
         else:
             assert m["parents_in"] == m["parents_with_output"] + m["parents_rejected"], name
     assert manifests["ingest"]["rows_in"] == laptop_run.sample
-    assert manifests["generate"]["parents_in"] == manifests["ingest"]["rows_out"]
+    dedup = manifests["dedup_problems"]  # the generator's look-alikes differ in their numbers: all stay
+    assert dedup["rows_in"] == manifests["ingest"]["rows_out"] == dedup["rows_out"]
+    assert dedup["stats"]["dedup"]["semantic"]["rows_embedded"] == dedup["rows_in"]
+    assert manifests["generate"]["parents_in"] == dedup["rows_out"]
     assert manifests["generate"]["rows_out"] == 2 * laptop_run.sample  # two samples per problem
     assert manifests["parse"]["tokenizer"]["revision"].startswith("sha256:")
     spent = manifests["generate"]["stats"]["teachers"]["smollm2"]
@@ -67,6 +70,9 @@ def test_every_manifest_keeps_the_accounting_contract(laptop_run):
     assert rewrite["parents_in"] == verify["rows_out"] == rewrite["parents_with_output"]
     attempted = sum(s["attempted"] for s in rewrite["stats"]["levels"].values())
     assert attempted == verify["verified"]
+    traces = manifests["dedup_traces"]
+    assert traces["rows_in"] == rewrite["rows_out"] == traces["rows_out"] + traces["rows_rejected"]
+    assert manifests["emit"]["rows_in"] == traces["rows_out"]
     assert manifests["parse"]["flags"]["truncated"] == sum(
         t["finish_reason"] == "length" for t in pq.read_table(laptop_run.run_dir / "generate").to_pylist())
 
@@ -85,16 +91,19 @@ def test_changing_one_stage_reruns_it_and_what_follows(laptop_run, tmp_path):
 
     emit_changed = parse_recipe(text.replace("test_size: 0.25", "test_size: 0.3"), "laptop.yaml")
     reports = run(emit_changed, str(run_dir), options)
-    assert statuses(reports) == {"ingest": "cached", "generate": "cached", "parse": "cached",
-                                 "verify": "cached", "consistency": "cached", "difficulty": "cached",
-                                 "rewrite": "cached", "emit": "ran"}
+    assert statuses(reports) == {"ingest": "cached", "dedup_problems": "cached", "generate": "cached",
+                                 "parse": "cached", "verify": "cached", "consistency": "cached",
+                                 "difficulty": "cached", "rewrite": "cached", "dedup_traces": "cached",
+                                 "emit": "ran"}
     assert RunDir(str(run_dir)).manifest("emit")["config"]["test_size"] == 0.3
 
-    parse_changed = parse_recipe(text.replace("inputs: [generate, ingest]", "inputs: [generate, ingest]\n"
-                                              "    reject: [truncated]"), "laptop.yaml")
+    parse_changed = parse_recipe(text.replace("inputs: [generate, dedup_problems]",
+                                              "inputs: [generate, dedup_problems]\n    reject: [truncated]"),
+                                 "laptop.yaml")
     reports = run(parse_changed, str(run_dir), options)
-    assert statuses(reports) == {"ingest": "cached", "generate": "cached", "parse": "ran", "verify": "ran",
-                                 "consistency": "ran", "difficulty": "ran", "rewrite": "ran", "emit": "ran"}
+    assert statuses(reports) == {"ingest": "cached", "dedup_problems": "cached", "generate": "cached",
+                                 "parse": "ran", "verify": "ran", "consistency": "ran", "difficulty": "ran",
+                                 "rewrite": "ran", "dedup_traces": "ran", "emit": "ran"}
 
 
 def test_force_from_and_until(laptop_run, tmp_path):
@@ -102,9 +111,10 @@ def test_force_from_and_until(laptop_run, tmp_path):
     shutil.copytree(laptop_run.run_dir, run_dir)
     opts = laptop_run.options
     reports = run(laptop_run.recipe, str(run_dir), opts(force={"rewrite"}))
-    assert statuses(reports) == {"ingest": "cached", "generate": "cached", "parse": "cached",
-                                 "verify": "cached", "consistency": "cached", "difficulty": "cached",
-                                 "rewrite": "ran", "emit": "ran"}
+    assert statuses(reports) == {"ingest": "cached", "dedup_problems": "cached", "generate": "cached",
+                                 "parse": "cached", "verify": "cached", "consistency": "cached",
+                                 "difficulty": "cached", "rewrite": "ran", "dedup_traces": "ran",
+                                 "emit": "ran"}
     reports = run(laptop_run.recipe, str(run_dir), opts(from_stage="emit"))
     assert set(statuses(reports).values()) == {"not run", "ran"} and statuses(reports)["emit"] == "ran"
     reports = run(laptop_run.recipe, str(tmp_path / "fresh"), opts(until="ingest"))
