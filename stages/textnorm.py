@@ -2,56 +2,47 @@
 
 Web-text dedup (datatrove's default) lowercases, strips punctuation and maps every digit to 0:
 for maths that merges "2x+3=7" with "5x+1=9", two different problems. Here numbers and math
-symbols are tokens of their own, so they count: NFKC, lowercase, every operator or bracket a
-token, prose punctuation and quotes dropped (they change on a light edit, not the problem), and
-whitespace collapsed. ``str.translate`` and ``split`` do it in C: about 0.1 ms per 2,000 characters.
+symbols are tokens of their own, so they count: NFKC, lowercase, every number, word, operator or
+bracket a token, prose punctuation and quotes dropped (they change on a light edit, not the
+problem), and whitespace gone.
 """
 
 from __future__ import annotations
 
 import re
-import string
 import unicodedata
 from collections.abc import Sequence
 
 import xxhash
 
-# Dropped: sentence punctuation and quotes. A decimal point stays inside its number ("2.5" is one
-# token, never "2 5", which would read as the list 2, 5).
-_DROP = ".,;:!?\"'`“”‘’«»…–—"
-# Tokens of their own: ASCII punctuation that is maths or markup, and common math symbols.
-_SPLIT = "".join(c for c in string.punctuation if c not in _DROP) + "−×÷·≤≥≠≈±∓∞√∑∏∫∂∈∉⊂⊆∪∩→⇒⇔°π"
+# A token is a number (a decimal point stays inside: "2.5" is not the list 2, 5), a run of letters,
+# or one symbol; "2x" is two tokens, like "2 x". Found by one regex in C: ~0.3 ms per 2,000 chars.
+_TOKEN = re.compile(r"\d+(?:\.\d+)?|[^\W\d_]+|[^\w\s]|_")
+# Dropped: sentence punctuation and quotes; they change on a light edit, the problem does not.
+_DROP = frozenset(".,;:!?\"'`“”‘’«»…–—")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-_POINT = "\x00"  # a decimal point while punctuation is dropped; no text holds it after NFKC and lower
 _SIZING = re.compile(r"\\(?:left|right)(?![a-z])")
-_LATEX = (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"))
-_TABLE = str.maketrans({**{c: " " for c in _DROP}, **{c: f" {c} " for c in _SPLIT}, "−": " - "})
+_SPELLINGS = (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("−", "-"))
 
 
 def tokens(text: str | None) -> list[str]:
-    """The normalised word and symbol tokens of a text ("2x+3=7" -> ["2", "x", "+", "3", "=", "7"]).
+    """The normalised word, number and symbol tokens of a text ("2x+3=7" -> 2 x + 3 = 7).
 
     Besides case, spacing and punctuation, spellings that mean the same are made one: thousands
-    separators ("1,000" is 1000), a digit glued to a letter ("2x" is "2 x", "\\cdot3" is "\\cdot 3"),
-    ``\\dfrac``/``\\tfrac`` (``\\frac``) and ``\\left``/``\\right`` sizing (dropped).
+    separators ("1,000" is 1000), ``\\dfrac``/``\\tfrac`` (``\\frac``), the Unicode minus, and
+    ``\\left``/``\\right`` sizing (dropped; ``\\Rightarrow`` stays itself).
     """
     if not text:
         return []
     text = unicodedata.normalize("NFKC", text).lower()
-    for spelling, meaning in _LATEX:
+    for spelling, meaning in _SPELLINGS:
         if spelling in text:
             text = text.replace(spelling, meaning)
     if "\\left" in text or "\\right" in text:
-        text = _SIZING.sub(" ", text)  # \left( is (, but \Rightarrow stays itself
+        text = _SIZING.sub(" ", text)
     if "," in text:
         text = _THOUSANDS.sub("", text)
-    toks = _NUMBER.sub(_spaced, text.replace(_POINT, "")).translate(_TABLE).split()
-    return [t.replace(_POINT, ".") for t in toks] if "." in text else toks
-
-
-def _spaced(match: re.Match) -> str:
-    return f" {match.group().replace('.', _POINT)} "
+    return [t for t in _TOKEN.findall(text) if t not in _DROP]
 
 
 def normalised(text: str | None) -> str:
