@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
+from support.outputs import CollectingOutput
 
 from pipelines.recipe import parse_recipe
 from pipelines.runner import Options, run
@@ -123,33 +124,6 @@ PRODUCT = (
 
 
 # --- helpers -------------------------------------------------------------------------------------------
-
-class CollectingOutput:
-    """Stands in for the engine's writer: keeps what the stage writes, rejects and reports."""
-
-    def __init__(self) -> None:
-        self.tables: list[pa.Table] = []
-        self.rejected: list[pa.Table] = []
-        self.collected: dict[str, Any] = {}
-
-    def write(self, rows: pa.Table) -> None:
-        self.tables.append(rows)
-
-    def reject(self, rejected: pa.Table) -> None:
-        self.rejected.append(rejected)
-
-    def consumed(self, n: int) -> None:
-        pass
-
-    def stats(self, values: dict[str, Any]) -> None:
-        self.collected.update(values)
-
-    def rows(self) -> list[dict]:
-        return [r for t in self.tables for r in t.to_pylist()]
-
-    def rejected_rows(self) -> list[dict]:
-        return [r for t in self.rejected for r in t.to_pylist()]
-
 
 @dataclass
 class Outcome:

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 from support.openai_fakes import ScriptedOpenAIServer, assert_no_teacher_threads, chat_reply
+from support.outputs import CollectingOutput
 
 from schemas.tables import PROBLEMS
 from stages.contract import Context, Inputs
@@ -26,30 +27,6 @@ SEED = 11
 
 
 # --- helpers -------------------------------------------------------------------------------------------
-
-class CollectingOutput:
-    """Stands in for the engine's writer: keeps what the stage writes, rejects and reports."""
-
-    def __init__(self) -> None:
-        self.tables: list[pa.Table] = []
-        self.rejected: list[pa.Table] = []
-        self.collected: dict[str, Any] = {}
-
-    def write(self, rows: pa.Table) -> None:
-        self.tables.append(rows)
-
-    def reject(self, rejected: pa.Table) -> None:
-        self.rejected.append(rejected)
-
-    def consumed(self, n: int) -> None:
-        pass
-
-    def stats(self, values: dict[str, Any]) -> None:
-        self.collected.update(values)
-
-    def rows(self) -> list[dict]:
-        return [r for t in self.tables for r in t.to_pylist()]
-
 
 def problem(pid: str, question: str, pass_rate: float | None = None, n_samples: int | None = None,
             **extra: Any) -> dict[str, Any]:
