@@ -43,14 +43,13 @@ from typing import Any, Literal
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from schemas.validate import rejected_table
 from stages import textnorm
 from stages.contract import Context, Inputs, Output, StageConfig
-from stages.io import iter_rows
+from stages.io import connect, iter_rows, parquet_columns
 from stages.sources.texts import TextSet, read_texts
 
 Method = Literal["exact", "minhash", "semantic"]
@@ -134,7 +133,7 @@ def dedup(inputs: Inputs, config: DedupConfig, ctx: Context, out: Output) -> Non
         clock = time.monotonic()
 
     try:
-        con = duckdb.connect(f"{work}/dedup.duckdb", config={"temp_directory": f"{work}/spill"})
+        con = connect(database=f"{work}/dedup.duckdb", spill=f"{work}/spill")
         stats.update(_features(con, plan, config, ctx))
         phase("features")
         _rank(con, config, plan)
@@ -166,7 +165,7 @@ def dedup(inputs: Inputs, config: DedupConfig, ctx: Context, out: Output) -> Non
 def _plan(inputs: Inputs, config: DedupConfig, ctx: Context) -> _Plan:
     table = TABLES[ctx.stage_type]
     files = inputs[table]
-    names = pq.read_schema(files[0]).names if files else []
+    names = parquet_columns(files[0]) if files else []
     column = config.column or DEFAULT_COLUMN[table]
     if files and column not in names:
         raise KeyError(f"{files[0]}: no column '{column}' to deduplicate; columns: {', '.join(names)}")

@@ -33,6 +33,12 @@ def write_parquet(table: pa.Table, path: str, schema: pa.Schema | None = None) -
         pq.write_table(table, f, **PARQUET_OPTIONS)
 
 
+def parquet_columns(path: str) -> list[str]:
+    """The column names of one Parquet file (local or fsspec), from its footer."""
+    with fsspec.open(path, "rb") as f:
+        return pq.ParquetFile(f).schema_arrow.names
+
+
 def parquet_rows(files: Sequence[str]) -> int:
     """Row count from footers only: counting never reads the data."""
     total = 0
@@ -42,9 +48,15 @@ def parquet_rows(files: Sequence[str]) -> int:
     return total
 
 
-def connect(files: Sequence[str] = ()) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection that spills to a temp folder and can read the run's (fsspec) files."""
-    con = duckdb.connect(config={"temp_directory": tempfile.mkdtemp(prefix="tracefoundry-duckdb-")})
+def connect(files: Sequence[str] = (), database: str = ":memory:",
+            spill: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection that spills to a temp folder and can read the run's (fsspec) files.
+
+    ``database`` on disk keeps tables larger than memory (dedup's features); ``spill`` names the
+    spill folder (default: a new temp folder).
+    """
+    spill = spill or tempfile.mkdtemp(prefix="tracefoundry-duckdb-")
+    con = duckdb.connect(database, config={"temp_directory": spill})
     protocols = {p.split("://", 1)[0] for p in files if "://" in p} - {"file"}
     for protocol in protocols:
         con.register_filesystem(fsspec.filesystem(protocol))

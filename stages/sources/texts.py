@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from stages.contract import StageConfig
-from stages.sources import files, hub
+from stages.sources.read import FilesSource, HubSource, read_source
 
 
 class TextSet(StageConfig):
@@ -70,16 +70,13 @@ def text_of(value: Any, role: str = "user") -> str | None:
 
 
 def _rows(text_set: TextSet, seed: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(location, row) through the same readers as ingest: JSONL line numbers, resolved Hub revisions."""
     if text_set.path:
-        for path in files.expand(text_set.paths()):
-            fmt = files.detect_format(path, None)
-            for row in files.read_rows(path, fmt, (text_set.column,)):
-                unit, number = ("line", row.index + 1) if fmt == "jsonl" else ("row", row.index)
-                if row.fields is None:
-                    raise ValueError(f"{path} {unit} {number}: {row.error}")
-                yield f"{path} {unit} {number}", row.fields
-        return
-    revision = hub.resolve_revision(text_set.dataset, text_set.revision)
-    for index, row in hub.iter_rows(text_set.dataset, text_set.config, text_set.split, revision,
-                                    streaming=False, sample=None, seed=seed, data_files=text_set.data_files):
-        yield f"{text_set.dataset} [{text_set.split}] row {index}", row
+        src: FilesSource | HubSource = FilesSource(kind="files", name=text_set.name, paths=text_set.paths())
+    else:
+        src = HubSource(kind="hub", name=text_set.name, path=text_set.dataset, config=text_set.config,
+                        split=text_set.split, revision=text_set.revision, data_files=text_set.data_files)
+    for item in read_source(src, sample=None, seed=seed, required=(text_set.column,)):
+        if item.fields is None:
+            raise ValueError(f"{item.where}: {item.error} (text set '{text_set.name}')")
+        yield item.where, item.fields
